@@ -1,0 +1,1 @@
+//! Limits of the real service, enforced on every request. (Placeholder.)

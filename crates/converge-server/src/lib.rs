@@ -1,0 +1,1 @@
+//! The converge broker server. (Being written.)

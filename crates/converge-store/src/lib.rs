@@ -1,0 +1,6 @@
+//! Storage engines of converge, each an implementation of [`converge_core::Store`].
+//!
+//! - [`embedded`]: the default engine, in-process, on a segmented append-only log with group
+//!   commit. Also serves `--memory` (the same engine with persistence turned off).
+
+pub mod embedded;
