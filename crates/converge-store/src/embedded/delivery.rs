@@ -399,6 +399,22 @@ impl SubscriptionState {
         old.len() as u64
     }
 
+    /// What a snapshot keeps of this subscription: the floor and the done set above it.
+    ///
+    /// Messages a filter rejected count as done here although they are never written as
+    /// `Record::Done`: the filter is immutable, so treating them as done is what a replay would
+    /// conclude again.
+    pub fn durable_progress(&self) -> (u64, Vec<u64>) {
+        (self.floor, self.done.iter().copied().collect())
+    }
+
+    /// Restores what [`Self::durable_progress`] captured.
+    pub fn restore_progress(&mut self, floor: u64, done: BTreeSet<u64>) {
+        self.floor = floor.max(self.floor);
+        self.cursor = self.cursor.max(self.floor);
+        self.done = done.into_iter().filter(|&id| id > self.floor).collect();
+    }
+
     /// Drops the whole backlog up to `upto` (detach).
     pub fn clear(&mut self, upto: u64) {
         self.deliveries.clear();

@@ -8,6 +8,7 @@
 //!   recovery).
 //! - [`topic_log`]: one index of messages per topic, shared by its subscriptions.
 //! - [`delivery`]: one subscription's leases, retries, ordering and cursors.
+//! - [`snapshot`]: periodic snapshots that let old log segments go and bound recovery time.
 //!
 //! Concurrency: one mutex over the whole [`state::State`], never held across an `.await` nor
 //! across an fsync. Writers queue their records into the journal while holding it (so log order
@@ -18,6 +19,7 @@ pub mod checkpoint;
 pub mod delivery;
 pub mod journal;
 pub mod record;
+pub mod snapshot;
 pub mod state;
 pub mod topic_log;
 pub mod wal;
@@ -42,7 +44,8 @@ use self::journal::{Durable, Journal, MemoryJournal};
 use self::record::{MessageRecord, Record, SubscriptionRecord, TopicRecord};
 use self::state::{State, already_exists, not_found};
 use self::topic_log::Entry;
-use self::wal::{SyncMode, Wal, WalOptions};
+use self::snapshot::Snapshot;
+use self::wal::{RecordPos, SyncMode, Wal, WalOptions};
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +72,10 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
 /// When a dead-letter topic is missing, the message waits this long before the next try.
 const DEAD_LETTER_TOPIC_MISSING_RETRY: Duration = Duration::from_secs(60);
+/// Least time between two snapshots.
+const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Take a snapshot once this many segments were written since the last one, to bound recovery.
+const SNAPSHOT_EVERY_SEGMENTS: u64 = 4;
 
 /// The embedded engine. Cheap to clone.
 #[derive(Clone)]
@@ -81,6 +88,14 @@ struct Inner {
     journal: Journal,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
+    dir: Option<PathBuf>,
+    snapshots: Mutex<SnapshotBook>,
+}
+
+/// When the last snapshot was taken and where replay would start from it.
+struct SnapshotBook {
+    resume_from: RecordPos,
+    last: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -92,12 +107,26 @@ impl std::fmt::Debug for EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store, replaying its log. Blocking: call from `spawn_blocking`.
     pub fn open(options: EmbeddedOptions, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_with_segment_bytes(options, clock, WalOptions::default().segment_bytes)
+    }
+
+    /// [`Self::open`] with a chosen log segment size (tests use small segments to exercise
+    /// space reclamation).
+    pub fn open_with_segment_bytes(options: EmbeddedOptions, clock: Arc<dyn Clock>, segment_bytes: u64) -> Result<Self> {
         let now = clock.now();
         // Message ids start at 1: a subscription's cursor 0 then means "before everything".
         let mut state = State { next_message_id: 1, ..State::default() };
+        let mut resume_from = RecordPos::default();
         let journal = match &options.dir {
             None => Journal::Memory(MemoryJournal::default()),
             Some(dir) => {
+                let stored = checkpoint::read_if_exists(dir, snapshot::FILE_NAME)
+                    .map_err(|e| Error::Internal(format!("cannot read the snapshot in {}: {e}", dir.display())))?;
+                if let Some(bytes) = stored {
+                    let snapshot = Snapshot::decode(&bytes)?;
+                    resume_from = snapshot.resume_from();
+                    state = snapshot.restore(now)?;
+                }
                 let log_dir = dir.join("log");
                 std::fs::create_dir_all(&log_dir)
                     .map_err(|e| Error::Internal(format!("cannot create {}: {e}", log_dir.display())))?;
@@ -105,12 +134,12 @@ impl EmbeddedStore {
                     Durability::Fsync => SyncMode::Fsync,
                     Durability::OsBuffer => SyncMode::OsBuffer,
                 };
-                let wal = Wal::open(&log_dir, WalOptions { sync, ..WalOptions::default() })
+                let wal = Wal::open(&log_dir, WalOptions { sync, segment_bytes })
                     .map_err(journal::wal_error)?;
                 let started = std::time::Instant::now();
                 let mut records = 0u64;
                 let mut failure = None;
-                let replayed = wal.replay(Default::default(), |pos, bytes| {
+                let replayed = wal.replay(resume_from, |pos, bytes| {
                     records += 1;
                     let applied = Record::decode(bytes).and_then(|r| state.apply(r, pos, now));
                     applied.map_err(|e| {
@@ -124,6 +153,7 @@ impl EmbeddedStore {
                 replayed.map_err(journal::wal_error)?;
                 tracing::info!(
                     records,
+                    resumed_from_segment = resume_from.segment,
                     topics = state.topics.len(),
                     subscriptions = state.subscriptions.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -133,9 +163,27 @@ impl EmbeddedStore {
                 Journal::Disk(wal)
             }
         };
+        let snapshots = Mutex::new(SnapshotBook { resume_from, last: None });
         Ok(Self {
-            inner: Arc::new(Inner { state: Mutex::new(state), journal, clock, closed: AtomicBool::new(false) }),
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                journal,
+                clock,
+                closed: AtomicBool::new(false),
+                dir: options.dir,
+                snapshots,
+            }),
         })
+    }
+}
+
+impl EmbeddedStore {
+    /// Bytes the log occupies on disk (0 in memory).
+    pub fn disk_bytes(&self) -> u64 {
+        match &self.inner.journal {
+            Journal::Disk(wal) => wal.disk_bytes(),
+            Journal::Memory(_) => 0,
+        }
     }
 }
 
@@ -240,6 +288,59 @@ impl Inner {
         state.next_message_id += 1;
         tracing::info!(subscription = %name, message_id = id, dead_letter_topic = %policy.topic, new_message_id = new_id, attempts, "message dead-lettered");
         Ok(Some(Record::Message(MessageRecord::new(target, new_id, now, &message))))
+    }
+
+    /// Takes a snapshot when it lets segments go or when recovery would replay too much, then
+    /// deletes the segments the snapshot made unnecessary.
+    async fn snapshot_if_useful(&self) -> Result<()> {
+        let (Journal::Disk(wal), Some(dir)) = (&self.journal, &self.dir) else { return Ok(()) };
+        let segments = wal.segments();
+        let Some(&active) = segments.last() else { return Ok(()) };
+        {
+            let book = self.snapshots.lock();
+            if book.last.is_some_and(|t| t.elapsed() < SNAPSHOT_MIN_INTERVAL) {
+                return Ok(());
+            }
+            let state = self.state.lock();
+            let freeable = segments.iter().any(|s| *s < active && !state.live_per_segment.contains_key(s));
+            let behind = active.saturating_sub(book.resume_from.segment) >= SNAPSHOT_EVERY_SEGMENTS;
+            if !freeable && !behind {
+                return Ok(());
+            }
+        }
+        let started = std::time::Instant::now();
+        let (snapshot, free, durable) = {
+            let state = self.state.lock();
+            // The probe's position is the first record the snapshot does not reflect.
+            let (positions, durable) = self.journal.submit(vec![Record::Probe.encode()])?;
+            let resume_from = positions[0];
+            let free: Vec<u64> = segments
+                .iter()
+                .copied()
+                .filter(|s| *s < resume_from.segment && !state.live_per_segment.contains_key(s))
+                .collect();
+            (Snapshot::capture(&state, resume_from), free, durable)
+        };
+        durable.await?;
+        let resume_from = snapshot.resume_from();
+        let dir = dir.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let bytes = snapshot.encode();
+            checkpoint::write_atomic(&dir, snapshot::FILE_NAME, &bytes).map(|()| bytes.len())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("cannot write the snapshot: {e}")))?;
+        wal.remove_segments(&free).map_err(journal::wal_error)?;
+        *self.snapshots.lock() = SnapshotBook { resume_from, last: Some(std::time::Instant::now()) };
+        tracing::info!(
+            bytes,
+            segments_removed = free.len(),
+            resume_segment = resume_from.segment,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
     }
 
     /// Subscribers to wake once `durable` resolves: everything attached to the topics written.
@@ -650,6 +751,40 @@ impl Store for EmbeddedStore {
         if inner.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        inner.maintain_state()?;
+        inner.snapshot_if_useful().await
+    }
+
+    async fn check_ready(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let now = inner.clock.now();
+            inner.commit(&mut state, vec![Record::Probe], now)?
+        };
+        durable.await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        {
+            let state = inner.state.lock();
+            for sub in state.subscriptions.values() {
+                sub.notify.notify_waiters();
+            }
+        }
+        inner.journal.close().await
+    }
+}
+
+impl Inner {
+    /// The synchronous part of `maintain`: expirations, retention, leases, log truncation.
+    fn maintain_state(&self) -> Result<()> {
+        let inner = self;
         let mut state = inner.state.lock();
         let now = inner.clock.now();
         let names: Vec<SubscriptionName> = state.subscriptions.keys().cloned().collect();
@@ -687,31 +822,6 @@ impl Store for EmbeddedStore {
         }
         truncate_logs(&mut state, &inner.journal, now);
         Ok(())
-    }
-
-    async fn check_ready(&self) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let now = inner.clock.now();
-            inner.commit(&mut state, vec![Record::Probe], now)?
-        };
-        durable.await
-    }
-
-    async fn close(&self) -> Result<()> {
-        let inner = &self.inner;
-        if inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        {
-            let state = inner.state.lock();
-            for sub in state.subscriptions.values() {
-                sub.notify.notify_waiters();
-            }
-        }
-        inner.journal.close().await
     }
 }
 

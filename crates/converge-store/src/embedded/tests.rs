@@ -385,3 +385,38 @@ async fn a_restart_keeps_data_and_redelivers_unacknowledged_messages() {
     assert_eq!(data(&pull_now(&s, "sub1").await), ["after"]);
     assert!(next[0].0 > 2, "message ids keep increasing across restarts");
 }
+
+#[tokio::test]
+async fn snapshots_reclaim_space_and_keep_what_is_unacknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let open = || {
+        let options = EmbeddedOptions { dir: Some(dir.path().to_path_buf()), durability: Durability::Fsync };
+        EmbeddedStore::open_with_segment_bytes(options, Arc::new(clock.clone()), 64 * 1024).unwrap()
+    };
+    let payload = "x".repeat(1024);
+    {
+        let s = open();
+        s.create_topic(topic("top1")).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1")).await.unwrap();
+        for _ in 0..40 {
+            let batch = (0..10).map(|_| msg(&payload)).collect();
+            s.publish(&topic_name("top1"), batch).await.unwrap();
+            let got = s.pull(&sub_name("sub1"), 100, Duration::ZERO).await.unwrap();
+            let ids = got.iter().map(|r| r.ack_id.clone()).collect::<Vec<_>>();
+            s.acknowledge(&sub_name("sub1"), &ids).await.unwrap();
+        }
+        s.publish(&topic_name("top1"), vec![msg("unacked-1"), msg("unacked-2")]).await.unwrap();
+        let before = s.disk_bytes();
+        assert!(before > 400 * 1024, "400 KiB were written: {before}");
+        s.maintain().await.unwrap();
+        let after = s.disk_bytes();
+        assert!(after < 128 * 1024, "acknowledged segments were deleted: {before} -> {after}");
+        s.close().await.unwrap();
+    }
+    let s = open();
+    let got = pull_now(&s, "sub1").await;
+    assert_eq!(data(&got), ["unacked-1", "unacked-2"], "the snapshot kept what was not acknowledged, and only that");
+    s.publish(&topic_name("top1"), vec![msg("after")]).await.unwrap();
+    assert_eq!(data(&pull_now(&s, "sub1").await), ["after"]);
+}

@@ -5,7 +5,7 @@
 //! fraction of a millisecond: one per message would cap throughput at a few thousand messages
 //! a second. Like JetStream and Kafka, the log therefore commits in groups: a dedicated writer
 //! thread takes every batch queued while the previous sync ran and makes them all durable with
-//! one `write` round and one `fdatasync` (see [`writer`]).
+//! one `write` round and one `fdatasync` (see the `writer` module).
 //!
 //! It is written by hand rather than taken from a crate because it *is* the product's core: its
 //! durability contract (acknowledge only after sync, all-or-nothing batches, refuse to open on
@@ -15,7 +15,7 @@
 //!
 //! # Layout
 //! Segment files `{dir}/{segment:020}.log`, each up to [`WalOptions::segment_bytes`]; records
-//! are framed as described in [`frame`]. A batch never spans two segments, and the last frame
+//! are framed as described in the `frame` module. A batch never spans two segments, and the last frame
 //! of each batch carries a marker, so recovery can drop a trailing incomplete batch whole.
 //! A segment is synced before the next one is created: at open, damage in the last segment is
 //! a torn tail (cut off, with a warning), damage anywhere else is corruption (refused).
@@ -137,6 +137,9 @@ impl Wal {
         mut f: impl FnMut(RecordPos, &[u8]) -> Result<(), WalError>,
     ) -> Result<(), WalError> {
         let durable = self.durable_end();
+        if from >= durable {
+            return Ok(());
+        }
         let ids: Vec<(u64, u64)> = self
             .shared
             .segments

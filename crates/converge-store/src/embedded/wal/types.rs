@@ -3,12 +3,17 @@
 use std::io;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 /// Where a record lives: the segment it is in and the byte offset of its frame in that segment.
 ///
 /// Positions order the log: `(segment, offset)` compares lexicographically, so a position in a
 /// later segment is always greater, which lets the engine compare any position with
-/// [`Wal::durable_end`](super::Wal::durable_end) without knowing segment sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// [`Wal::durable_end`](super::Wal::durable_end) without knowing segment sizes. Serializable
+/// so the engine can record in its checkpoint where replay must resume.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct RecordPos {
     /// Id of the segment file (`{segment:020}.log`).
     pub segment: u64,

@@ -1,0 +1,153 @@
+//! The gRPC connection to a broker: one h2c channel shared by the Publisher and Subscriber
+//! stubs, and the translation of a gRPC status into the one-line error the CLI prints.
+
+use std::time::Duration;
+
+use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::publisher_client::PublisherClient;
+use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::subscriber_client::SubscriberClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::parse::Endpoint;
+
+/// Largest message the CLI sends or accepts: above the 10 MB publish limit, so that the broker,
+/// not the client, decides what is too large.
+const MAX_MESSAGE_BYTES: usize = 20 * 1024 * 1024;
+
+/// How long to wait for the TCP connection before reporting the broker unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why talking to the broker failed. Each variant prints as one self-contained line, so none
+/// exposes a `source` (anyhow would append the chain again).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker could not be reached.
+    #[error("cannot connect to {endpoint}: {reason} (is `converge serve` running there?)")]
+    Connect {
+        /// The address tried.
+        endpoint: Endpoint,
+        /// The innermost cause, e.g. `Connection refused (os error 111)`.
+        reason: String,
+    },
+    /// The broker answered with an error status.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rpc(tonic::Status),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Rpc(status)
+    }
+}
+
+impl ClientError {
+    /// A connection failure, keeping only its innermost cause: the layers above it (tonic,
+    /// hyper) repeat "transport error" and "tcp connect error", which tell the user nothing.
+    fn connect(endpoint: &Endpoint, error: &tonic::transport::Error) -> Self {
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        Self::Connect {
+            endpoint: endpoint.clone(),
+            reason: cause.to_string(),
+        }
+    }
+}
+
+/// Clients of both services over one connection.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// Topics and publishing.
+    pub publisher: PublisherClient<Channel>,
+    /// Subscriptions, pull and acknowledgement.
+    pub subscriber: SubscriberClient<Channel>,
+}
+
+/// Connects to the broker eagerly, so that an unreachable address is reported as such rather
+/// than as the failure of the first call.
+pub async fn connect(endpoint: &Endpoint) -> Result<Clients, ClientError> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.uri())
+        .map_err(|e| ClientError::connect(endpoint, &e))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| ClientError::connect(endpoint, &e))?;
+    tracing::debug!(endpoint = %endpoint, "connected");
+    Ok(Clients {
+        publisher: PublisherClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        subscriber: SubscriberClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    })
+}
+
+/// The canonical name of a gRPC code (`NOT_FOUND`), as Google's tools print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_errors_print_code_and_message_on_one_line() {
+        let status = tonic::Status::not_found("Resource not found (resource=orders).");
+        let err = anyhow::Error::from(ClientError::from(status));
+        // `{:#}` is how main prints errors: it must not repeat the status through a source chain.
+        assert_eq!(
+            format!("{err:#}"),
+            "NOT_FOUND: Resource not found (resource=orders)."
+        );
+    }
+
+    #[test]
+    fn every_code_has_a_distinct_screaming_name() {
+        let names: std::collections::HashSet<_> =
+            (0..=16).map(|i| code_name(Code::from_i32(i))).collect();
+        assert_eq!(names.len(), 17);
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_reported_with_its_address() {
+        // Bind and drop a listener to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let endpoint = crate::parse::endpoint(&format!("127.0.0.1:{port}")).unwrap();
+        let err = connect(&endpoint).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot connect to http://127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+}

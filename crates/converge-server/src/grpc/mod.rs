@@ -1,0 +1,82 @@
+//! The gRPC door: `google.pubsub.v1.Publisher` and `Subscriber`, each method a call into
+//! [`crate::service::PubSub`].
+
+mod publisher;
+pub mod stubs;
+mod subscriber;
+
+use std::future::Future;
+
+use axum::Router;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+
+pub use publisher::PublisherApi;
+pub use subscriber::SubscriberApi;
+
+use crate::service::{ApiError, PubSub};
+use crate::state::AppState;
+use stubs::publisher_server::PublisherServer;
+use stubs::subscriber_server::SubscriberServer;
+
+/// `google.protobuf.Empty`, as the generated stubs name it (prost maps it to `()`).
+pub type Empty = ();
+
+/// Largest gRPC message either way. A publish request may carry 10 MB of data and a pull
+/// response as much plus metadata, well above tonic's 4 MiB default.
+pub const MAX_MESSAGE_SIZE: usize = 20 * 1024 * 1024;
+
+/// The gRPC services as axum routes (`/google.pubsub.v1.Publisher/*`, `…Subscriber/*`), to
+/// merge with the REST routes on the same port.
+pub fn router(state: AppState) -> Router {
+    let publisher = PublisherServer::new(PublisherApi::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let subscriber = SubscriberServer::new(SubscriberApi::new(state))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    Router::new()
+        .route_service(&service_path::<PublisherServer<PublisherApi>>(), publisher)
+        .route_service(
+            &service_path::<SubscriberServer<SubscriberApi>>(),
+            subscriber,
+        )
+}
+
+/// The route catching every method of a service: `/google.pubsub.v1.Publisher/{*method}`.
+fn service_path<S: NamedService>() -> String {
+    format!("/{}/{{*method}}", S::NAME)
+}
+
+/// Runs one unary RPC: unwraps the request, calls the service (or answers `UNAVAILABLE` while
+/// the store opens) and maps the error to a gRPC status.
+async fn unary<Req, Resp, F, Fut>(
+    state: &AppState,
+    request: Request<Req>,
+    call: F,
+) -> Result<Response<Resp>, Status>
+where
+    F: FnOnce(PubSub, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, ApiError>>,
+{
+    let service = state.service()?.clone();
+    let answer = call(service, request.into_inner()).await?;
+    Ok(Response::new(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_use_the_real_service_names() {
+        assert_eq!(
+            service_path::<PublisherServer<PublisherApi>>(),
+            "/google.pubsub.v1.Publisher/{*method}"
+        );
+        assert_eq!(
+            service_path::<SubscriberServer<SubscriberApi>>(),
+            "/google.pubsub.v1.Subscriber/{*method}"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! Runs one resolved REST operation: request from path, query and body; the service call;
+//! the answer as proto3 JSON.
+//!
+//! Names in the path win over names in the body, as in gRPC-HTTP transcoding of a `body: "*"`
+//! rule where the path binds the field: the body's `name` (or `topic`, `subscription`, …) is
+//! overwritten with the path's, so a request acts on the resource its URL names.
+
+use axum::extract::Query;
+use axum::http::Uri;
+use serde::Deserialize;
+
+use super::json::{self, ProtoJson};
+use super::route::{Op, Route};
+use crate::proto as v1;
+use crate::service::ApiError;
+use crate::state::AppState;
+
+/// The paging parameters of list calls, as the query string spells them. Google accepts both
+/// spellings; other parameters (`$alt`, `prettyPrint`, …) are its system parameters: ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    #[serde(default, alias = "page_size")]
+    page_size: Option<String>,
+    #[serde(default, alias = "page_token")]
+    page_token: Option<String>,
+}
+
+/// Parsed paging parameters.
+#[derive(Debug, PartialEq, Eq)]
+struct Paging {
+    page_size: i32,
+    page_token: String,
+}
+
+/// Executes `route` and returns the JSON answer body.
+pub async fn execute(
+    state: &AppState,
+    route: Route,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let service = state.service()?;
+    let name = route.name;
+    match route.op {
+        Op::CreateTopic => {
+            let mut topic: v1::Topic = decode(body)?;
+            topic.name = name;
+            encode(&service.create_topic(topic).await?)
+        }
+        Op::GetTopic => encode(
+            &service
+                .get_topic(v1::GetTopicRequest { topic: name })
+                .await?,
+        ),
+        Op::UpdateTopic => {
+            let mut request: v1::UpdateTopicRequest = decode(body)?;
+            request.topic.get_or_insert_with(Default::default).name = name;
+            encode(&service.update_topic(request).await?)
+        }
+        Op::DeleteTopic => encode(
+            &service
+                .delete_topic(v1::DeleteTopicRequest { topic: name })
+                .await?,
+        ),
+        Op::ListTopics => {
+            let q = list_query(uri)?;
+            let request = v1::ListTopicsRequest {
+                project: name,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_topics(request).await?)
+        }
+        Op::Publish => {
+            let mut request: v1::PublishRequest = decode(body)?;
+            request.topic = name;
+            encode(&service.publish(request).await?)
+        }
+        Op::ListTopicSubscriptions => {
+            let q = list_query(uri)?;
+            let request = v1::ListTopicSubscriptionsRequest {
+                topic: name,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_topic_subscriptions(request).await?)
+        }
+        Op::ListTopicSnapshots => {
+            let q = list_query(uri)?;
+            let request = v1::ListTopicSnapshotsRequest {
+                topic: name,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_topic_snapshots(request).await?)
+        }
+        Op::CreateSubscription => {
+            let mut subscription: v1::Subscription = decode(body)?;
+            subscription.name = name;
+            encode(&service.create_subscription(subscription).await?)
+        }
+        Op::GetSubscription => encode(
+            &service
+                .get_subscription(v1::GetSubscriptionRequest { subscription: name })
+                .await?,
+        ),
+        Op::UpdateSubscription => {
+            let mut request: v1::UpdateSubscriptionRequest = decode(body)?;
+            request
+                .subscription
+                .get_or_insert_with(Default::default)
+                .name = name;
+            encode(&service.update_subscription(request).await?)
+        }
+        Op::DeleteSubscription => encode(
+            &service
+                .delete_subscription(v1::DeleteSubscriptionRequest { subscription: name })
+                .await?,
+        ),
+        Op::ListSubscriptions => {
+            let q = list_query(uri)?;
+            let request = v1::ListSubscriptionsRequest {
+                project: name,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_subscriptions(request).await?)
+        }
+        Op::Pull => {
+            let mut request: v1::PullRequest = decode(body)?;
+            request.subscription = name;
+            encode(&state.pull_until_shutdown(request).await?)
+        }
+        Op::Acknowledge => {
+            let mut request: v1::AcknowledgeRequest = decode(body)?;
+            request.subscription = name;
+            encode(&service.acknowledge(request).await?)
+        }
+        Op::ModifyAckDeadline => {
+            let mut request: v1::ModifyAckDeadlineRequest = decode(body)?;
+            request.subscription = name;
+            encode(&service.modify_ack_deadline(request).await?)
+        }
+        Op::ModifyPushConfig => {
+            let mut request: v1::ModifyPushConfigRequest = decode(body)?;
+            request.subscription = name;
+            encode(&service.modify_push_config(request).await?)
+        }
+        Op::DetachSubscription => encode(
+            &service
+                .detach_subscription(v1::DetachSubscriptionRequest { subscription: name })
+                .await?,
+        ),
+        Op::Seek => {
+            let mut request: v1::SeekRequest = decode(body)?;
+            request.subscription = name;
+            encode(&service.seek(request).await?)
+        }
+        Op::CreateSnapshot => {
+            let mut request: v1::CreateSnapshotRequest = decode(body)?;
+            request.name = name;
+            encode(&service.create_snapshot(request).await?)
+        }
+        Op::GetSnapshot => encode(
+            &service
+                .get_snapshot(v1::GetSnapshotRequest { snapshot: name })
+                .await?,
+        ),
+        Op::UpdateSnapshot => {
+            let mut request: v1::UpdateSnapshotRequest = decode(body)?;
+            request.snapshot.get_or_insert_with(Default::default).name = name;
+            encode(&service.update_snapshot(request).await?)
+        }
+        Op::DeleteSnapshot => encode(
+            &service
+                .delete_snapshot(v1::DeleteSnapshotRequest { snapshot: name })
+                .await?,
+        ),
+        Op::ListSnapshots => {
+            let q = list_query(uri)?;
+            let request = v1::ListSnapshotsRequest {
+                project: name,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_snapshots(request).await?)
+        }
+    }
+}
+
+/// Parses a request body; a malformed one is `INVALID_ARGUMENT` with the parser's words.
+fn decode<T: ProtoJson>(body: &[u8]) -> Result<T, ApiError> {
+    json::from_slice(body).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Serializes an answer.
+#[allow(clippy::unnecessary_wraps)] // keeps every arm of `execute` one expression
+fn encode<T: ProtoJson>(answer: &T) -> Result<Vec<u8>, ApiError> {
+    Ok(json::to_vec(answer))
+}
+
+/// Reads `pageSize` and `pageToken` from the query string.
+fn list_query(uri: &Uri) -> Result<Paging, ApiError> {
+    let Query(query) = Query::<ListQuery>::try_from_uri(uri)
+        .map_err(|e| ApiError::invalid(format!("Invalid query: {}", e.body_text())))?;
+    let page_size = match query.page_size {
+        None => 0,
+        Some(text) => text.parse::<i32>().map_err(|_| {
+            ApiError::invalid(format!(
+                "Invalid value at 'page_size' (TYPE_INT32), \"{text}\""
+            ))
+        })?,
+    };
+    Ok(Paging {
+        page_size,
+        page_token: query.page_token.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paging(uri: &str) -> Result<Paging, ApiError> {
+        list_query(&uri.parse().expect("a URI"))
+    }
+
+    #[test]
+    fn paging_reads_both_spellings() {
+        let expected = Paging {
+            page_size: 5,
+            page_token: "abc".into(),
+        };
+        assert_eq!(
+            paging("/v1/projects/p/topics?pageSize=5&pageToken=abc"),
+            Ok(expected)
+        );
+        let expected = Paging {
+            page_size: 7,
+            page_token: "x y".into(),
+        };
+        assert_eq!(
+            paging("/v1/projects/p/topics?page_size=7&page_token=x%20y"),
+            Ok(expected)
+        );
+    }
+
+    #[test]
+    fn paging_defaults_and_ignores_system_parameters() {
+        let expected = Paging {
+            page_size: 0,
+            page_token: String::new(),
+        };
+        assert_eq!(paging("/v1/projects/p/topics"), Ok(expected));
+        let expected = Paging {
+            page_size: 2,
+            page_token: String::new(),
+        };
+        assert_eq!(
+            paging("/v1/projects/p/topics?prettyPrint=false&pageSize=2"),
+            Ok(expected)
+        );
+    }
+
+    #[test]
+    fn a_bad_page_size_is_invalid_argument() {
+        let error = paging("/v1/projects/p/topics?pageSize=many").expect_err("not a number");
+        assert_eq!(error.code, tonic::Code::InvalidArgument);
+        assert!(error.message.contains("many"), "{}", error.message);
+    }
+}

@@ -1,0 +1,74 @@
+//! What every request handler shares: the service once the store is open, and the shutdown
+//! signal.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::proto as v1;
+use crate::service::{ApiError, PubSub};
+
+/// Shared by the gRPC adapters, the REST handlers, health, metrics and admin routes.
+///
+/// The server binds and answers `/healthz` before the store has finished opening (replaying a
+/// large log can take a while), so the service is filled in later; until then API calls answer
+/// `UNAVAILABLE`, which every client retries.
+#[derive(Clone, Debug, Default)]
+pub struct AppState {
+    service: Arc<OnceLock<PubSub>>,
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// A state with no service yet and shutdown not begun.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The service, or `UNAVAILABLE` while the store is still opening.
+    pub fn service(&self) -> Result<&PubSub, ApiError> {
+        self.service.get().ok_or_else(|| {
+            ApiError::new(
+                tonic::Code::Unavailable,
+                "the server is starting: the store is not open yet",
+            )
+        })
+    }
+
+    /// The service if the store is open, without building an error (readiness, metrics).
+    pub fn service_if_open(&self) -> Option<&PubSub> {
+        self.service.get()
+    }
+
+    /// Makes the service available once the store is open. Called once; a second call is a bug.
+    pub fn set_service(&self, service: PubSub) {
+        let fresh = self.service.set(service).is_ok();
+        debug_assert!(fresh, "the service was set twice");
+    }
+
+    /// Cancelled when shutdown begins: readiness turns 503, long polls answer with what they
+    /// have, and the listener stops accepting.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Pull, cut short by shutdown: a long poll in flight when shutdown begins answers at once
+    /// with what it has (nothing yet), so draining does not wait out its timeout. A pull that
+    /// already has messages is answered with them.
+    pub async fn pull_until_shutdown(
+        &self,
+        request: v1::PullRequest,
+    ) -> Result<v1::PullResponse, ApiError> {
+        let service = self.service()?.clone();
+        tokio::select! {
+            biased;
+            answer = service.pull(request) => answer,
+            () = self.shutdown.cancelled() => Ok(v1::PullResponse::default()),
+        }
+    }
+}
