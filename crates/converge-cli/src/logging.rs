@@ -24,10 +24,13 @@ pub fn resolve(format: LogFormat, stderr_is_terminal: bool) -> LogFormat {
 pub fn init_server(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| UsageError(format!("--log-level \"{filter}\": {e}")))?;
+    let terminal = std::io::stderr().is_terminal();
+    // Colours only for a terminal: escape codes in a file or a pipe are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match resolve(format, std::io::stderr().is_terminal()) {
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal);
+    let installed = match resolve(format, terminal) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -45,6 +48,7 @@ pub fn init_client() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

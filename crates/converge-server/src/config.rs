@@ -14,7 +14,7 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// How long in-flight requests and the store's close may take after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Everything [`crate::run`] needs to know. Built by the CLI from flags and environment.
+/// Everything [`crate::run()`] needs to know. Built by the CLI from flags and environment.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The one port serving gRPC, REST, health and metrics (port 0 = any free port).
@@ -24,7 +24,7 @@ pub struct ServerConfig {
     /// When a write counts as durable (fsync by default).
     pub durability: Durability,
     /// Budget for draining requests and closing the store after a shutdown signal; past it
-    /// [`crate::run`] returns anyway so a supervisor is never kept waiting.
+    /// [`crate::run()`] returns anyway so a supervisor is never kept waiting.
     pub shutdown_grace: Duration,
     /// Runs on an advanceable clock and mounts `POST /converge/test/clock:advance`, so tests can
     /// reach retry backoffs, retention and expiration without sleeping. Never in production.

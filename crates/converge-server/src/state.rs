@@ -72,3 +72,72 @@ impl AppState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use converge_core::{Clock, SystemClock};
+    use converge_store::embedded::{EmbeddedOptions, EmbeddedStore};
+
+    use crate::service::PULL_LONG_POLL;
+
+    const TOPIC: &str = "projects/p/topics/topic-1";
+    const SUBSCRIPTION: &str = "projects/p/subscriptions/sub-1";
+
+    async fn open_state() -> AppState {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = EmbeddedStore::open(EmbeddedOptions::default(), clock.clone())
+            .expect("in-memory store");
+        let service = PubSub::new(Arc::new(store), clock);
+        let topic = v1::Topic {
+            name: TOPIC.into(),
+            ..Default::default()
+        };
+        service.create_topic(topic).await.expect("topic");
+        let subscription = v1::Subscription {
+            name: SUBSCRIPTION.into(),
+            topic: TOPIC.into(),
+            ..Default::default()
+        };
+        service
+            .create_subscription(subscription)
+            .await
+            .expect("subscription");
+        let state = AppState::new();
+        state.set_service(service);
+        state
+    }
+
+    #[tokio::test]
+    async fn api_calls_are_unavailable_until_the_store_is_open() {
+        let state = AppState::new();
+        let error = state.service().expect_err("no service yet");
+        assert_eq!(error.code, tonic::Code::Unavailable);
+    }
+
+    /// Time is paused: if the long poll were not cut short, the runtime would jump to the
+    /// timeout below (before the long poll's end) and the test would fail, without sleeping.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_a_long_poll_short() {
+        let state = open_state().await;
+        let request = v1::PullRequest {
+            subscription: SUBSCRIPTION.into(),
+            max_messages: 10,
+            ..Default::default()
+        };
+        let pulling = tokio::spawn({
+            let state = state.clone();
+            async move { state.pull_until_shutdown(request).await }
+        });
+        tokio::task::yield_now().await;
+        state.shutdown().cancel();
+        let answer = tokio::time::timeout(PULL_LONG_POLL / 2, pulling)
+            .await
+            .expect("the long poll ended at shutdown")
+            .expect("no panic")
+            .expect("an answer, not an error");
+        assert!(answer.received_messages.is_empty());
+    }
+}

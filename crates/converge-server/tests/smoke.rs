@@ -7,7 +7,7 @@ use std::time::Duration;
 use converge_server::proto::publisher_client::PublisherClient;
 use converge_server::proto::subscriber_client::SubscriberClient;
 use converge_server::proto::{
-    GetTopicRequest, PublishRequest, PubsubMessage, StreamingPullRequest,
+    GetTopicRequest, PublishRequest, PubsubMessage, StreamingPullRequest, Topic,
 };
 use converge_server::{ServerConfig, start};
 use tokio::sync::oneshot;
@@ -24,10 +24,15 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(test_clock: bool) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace: Duration::from_secs(5),
+            test_clock,
             ..ServerConfig::default()
         };
         let (addr, task) = start(config, async move {
@@ -40,6 +45,18 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits (bounded) until `/readyz` says 200.
+    async fn wait_ready(&self) {
+        for _ in 0..500 {
+            let response = reqwest::get(self.url("/readyz")).await.unwrap();
+            if response.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never ready");
     }
 
     async fn shutdown(self) -> anyhow::Result<()> {
@@ -267,4 +284,136 @@ async fn shutdown_stops_accepting_and_returns_ok() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[tokio::test]
+async fn readyz_turns_200_once_the_store_is_open() {
+    let server = Server::start().await;
+    server.wait_ready().await;
+    let response = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "ok");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn both_doors_reach_the_same_service_and_the_path_name_wins() {
+    let server = Server::start().await;
+    server.wait_ready().await;
+    let mut publisher = PublisherClient::new(channel(server.addr).await);
+    let topic = Topic {
+        name: "projects/p/topics/from-grpc".into(),
+        ..Default::default()
+    };
+    publisher
+        .create_topic(topic)
+        .await
+        .expect("created over gRPC");
+
+    let client = reqwest::Client::new();
+    let response = client
+        .get(server.url("/v1/projects/p/topics/from-grpc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["name"], "projects/p/topics/from-grpc");
+
+    let response = client
+        .put(server.url("/v1/projects/p/topics/from-rest"))
+        .json(&serde_json::json!({ "name": "projects/p/topics/elsewhere" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["name"], "projects/p/topics/from-rest");
+    let topic = publisher
+        .get_topic(GetTopicRequest {
+            topic: "projects/p/topics/from-rest".into(),
+        })
+        .await
+        .expect("created over REST, read over gRPC");
+    assert_eq!(topic.into_inner().name, "projects/p/topics/from-rest");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn metrics_show_subscription_backlog() {
+    let server = Server::start().await;
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let put = |path: &str, body: serde_json::Value| client.put(server.url(path)).json(&body).send();
+    assert_eq!(
+        put("/v1/projects/p/topics/metered", serde_json::json!({}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let subscription = serde_json::json!({ "topic": "projects/p/topics/metered" });
+    assert_eq!(
+        put("/v1/projects/p/subscriptions/metered-sub", subscription)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let publish = serde_json::json!({ "messages": [{ "data": "aGk=" }, { "data": "aG8=" }] });
+    let response = client
+        .post(server.url("/v1/projects/p/topics/metered:publish"))
+        .json(&publish)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let backlog = "converge_subscription_backlog_messages{subscription=\"projects/p/subscriptions/metered-sub\"} 2";
+    assert!(text.lines().any(|l| l == backlog), "{text}");
+    assert!(text.contains("converge_subscription_oldest_unacked_age_seconds{subscription=\"projects/p/subscriptions/metered-sub\"}"));
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn the_test_clock_route_exists_only_with_a_test_clock() {
+    let server = Server::start_with(true).await;
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(server.url("/converge/test/clock:advance"))
+        .json(&serde_json::json!({ "seconds": 3600 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let now = humantime::parse_rfc3339(body["now"].as_str().unwrap()).unwrap();
+    assert!(
+        now > std::time::SystemTime::now() + Duration::from_secs(3000),
+        "{body}"
+    );
+    let response = client
+        .post(server.url("/converge/test/clock:advance"))
+        .json(&serde_json::json!({ "seconds": -1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    server.shutdown().await.expect("clean shutdown");
+
+    let server = Server::start().await;
+    let response = client
+        .post(server.url("/converge/test/clock:advance"))
+        .json(&serde_json::json!({ "seconds": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    server.shutdown().await.expect("clean shutdown");
 }

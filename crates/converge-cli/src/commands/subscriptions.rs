@@ -255,7 +255,9 @@ fn apply(
     let converge_labels = [
         (
             retry::LABEL_PRESET,
-            settings.retry_preset.map(|p| Preset::from(p).as_str().to_owned()),
+            settings
+                .retry_preset
+                .map(|p| Preset::from(p).as_str().to_owned()),
         ),
         (
             retry::LABEL_IMMEDIATE,
@@ -523,6 +525,15 @@ mod tests {
         assert_eq!(
             s.labels.get(retry::LABEL_MAX_DURATION).map(String::as_str),
             Some("7d")
+        );
+        let mut s = Subscription::default();
+        let args = update_args(&["--retry-max-duration", "none", "--retry-preset", "pubsub"]);
+        apply_update(&mut s, &args, &project()).unwrap();
+        let max = s.labels.get(retry::LABEL_MAX_DURATION).map(String::as_str);
+        assert_eq!(max, Some(retry::NO_MAX_DURATION));
+        assert_eq!(
+            s.labels.get(retry::LABEL_PRESET).map(String::as_str),
+            Some("pubsub")
         );
     }
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -39,7 +39,6 @@ struct Exchange {
     source_ip: String,
     grpc: bool,
     started: Instant,
-    timestamp: SystemTime,
     http_status: Option<StatusCode>,
     grpc_status: Option<Code>,
     logged: bool,
@@ -69,7 +68,6 @@ impl Exchange {
             source_ip,
             grpc,
             started: Instant::now(),
-            timestamp: SystemTime::now(),
             http_status: None,
             grpc_status: None,
             logged: false,
@@ -115,7 +113,6 @@ impl Exchange {
             httpStatus = http_status,
             requestId = %self.request_id,
             duration = elapsed.as_secs_f64() * 1000.0,
-            timestamp = %humantime::format_rfc3339_millis(self.timestamp),
             sourceIp = %self.source_ip,
             "inbound request"
         );

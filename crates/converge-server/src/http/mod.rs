@@ -43,6 +43,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_given_request_id_is_echoed() {
+        let _log = capture();
         let request = Request::get("/x")
             .header("x-request-id", "abc-123")
             .body(Body::empty())
@@ -54,6 +55,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_request_id_is_a_new_uuid_v4() {
+        let _log = capture();
         let request = Request::get("/x").body(Body::empty()).unwrap();
         let response = app().oneshot(request).await.unwrap();
         let id = response.headers()["x-request-id"].to_str().unwrap();
@@ -63,6 +65,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_request_gets_its_own_id() {
+        let _log = capture();
         let first = app()
             .oneshot(Request::get("/x").body(Body::empty()).unwrap())
             .await
@@ -91,6 +94,21 @@ mod tests {
         }
     }
 
+    /// Routes this thread's events into a fresh buffer until the guard drops.
+    ///
+    /// Every test that sends requests through [`instrument`] installs one, even when it does not
+    /// read the log: tracing caches per call site whether anyone listens, and a test logging with
+    /// no subscriber at all could make a concurrent test's subscriber miss the event.
+    fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     impl Captured {
         fn events(&self) -> Vec<serde_json::Value> {
             let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
@@ -102,13 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_structured_event_per_request() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (captured, _guard) = capture();
 
         let app = instrument(
             Router::new()
@@ -148,7 +160,9 @@ mod tests {
             fields["duration"].as_f64().is_some_and(|d| d >= 0.0),
             "{fields}"
         );
-        let timestamp = fields["timestamp"].as_str().unwrap();
+        // The timestamp is the log line's own (the JSON formatter writes it once at the top).
+        assert!(fields.get("timestamp").is_none(), "no second timestamp: {fields}");
+        let timestamp = events[0]["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(timestamp).is_ok(), "{timestamp}");
         assert!(fields.get("sourceIp").is_some());
 
@@ -168,13 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn grpc_status_is_read_from_trailers() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (captured, _guard) = capture();
 
         let app = instrument(Router::new().route(
             "/google.pubsub.v1.Publisher/Publish",

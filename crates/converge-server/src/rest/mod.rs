@@ -2,7 +2,7 @@
 //! [`crate::service::PubSub`] call as its gRPC method.
 //!
 //! Every `/v1/` request goes through one handler: [`route::resolve`] picks the operation from
-//! the method and path (custom verbs such as `:publish` included), [`handler`] builds the
+//! the method and path (custom verbs such as `:publish` included), `handler` builds the
 //! request (path names win over body names), calls the service and answers in proto3 JSON
 //! ([`json`]); errors come in Google's shape. Unknown paths are 404 and known paths with the
 //! wrong method 405, both in that shape too.

@@ -1,6 +1,5 @@
-//! Tests of the service layer: the pure conversions and rules, and every RPC over a small
-//! in-memory fake store (the real engines are tested in their own crates and end to end).
+//! Tests of the service layer: the pure conversions and rules, and every RPC over the real
+//! embedded engine, in memory.
 
-mod fake_store;
 mod pure;
 mod rpc;

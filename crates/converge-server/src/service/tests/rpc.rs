@@ -1,24 +1,75 @@
-//! Every RPC over the fake store: what reaches the store, and what the client gets back.
+//! Every RPC over the real embedded engine, in memory: what the client gets back, and what the
+//! engine then does (read back through the service or the `Store` trait, never by spying).
+//!
+//! Time that matters to the engine (leases, backoff) is a [`ManualClock`] that the tests advance;
+//! nothing here sleeps. Long polls are observed by polling the pull future by hand.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use converge_core::{AckId, ManualClock, TopicName};
+use converge_core::{ManualClock, SubscriptionName, TopicName, limits};
+use converge_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use futures::FutureExt;
 use prost_types::FieldMask;
 use tonic::Code;
 
-use super::fake_store::FakeStore;
 use crate::proto as v1;
-use crate::service::{ApiError, PULL_LONG_POLL, PubSub};
+use crate::service::{ApiError, PubSub};
 
 const TOPIC: &str = "projects/p/topics/orders";
 const SUB: &str = "projects/p/subscriptions/workers";
+/// The default ack deadline of a subscription that does not set one.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
-fn service() -> (PubSub, Arc<FakeStore>) {
-    let store = Arc::new(FakeStore::default());
-    let clock = Arc::new(ManualClock::starting_now());
-    (PubSub::new(store.clone(), clock), store)
+/// The service over a fresh in-memory engine, and the clock both read.
+struct Fixture {
+    svc: PubSub,
+    clock: ManualClock,
+}
+
+/// When every test starts: a fixed instant with a fractional second, so the conversion of
+/// publish times to `Timestamp` is checked on both fields.
+fn start() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000)
+}
+
+fn service() -> Fixture {
+    let clock = ManualClock::new(start());
+    let store = EmbeddedStore::open(EmbeddedOptions::default(), Arc::new(clock.clone()))
+        .expect("the in-memory engine opens");
+    Fixture {
+        svc: PubSub::new(Arc::new(store), Arc::new(clock.clone())),
+        clock,
+    }
+}
+
+/// A service with topic `orders` and pull subscription `workers` on it.
+async fn with_subscription() -> Fixture {
+    let f = service();
+    create_topic(&f.svc, TOPIC).await;
+    create_subscription(&f.svc, SUB, TOPIC).await;
+    f
+}
+
+async fn create_topic(svc: &PubSub, name: &str) -> v1::Topic {
+    svc.create_topic(v1::Topic {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn create_subscription(svc: &PubSub, name: &str, topic: &str) -> v1::Subscription {
+    svc.create_subscription(v1::Subscription {
+        name: name.into(),
+        topic: topic.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -43,41 +94,68 @@ fn assert_error(e: ApiError, code: Code, needle: &str) {
     );
 }
 
-/// A service with topic `orders` and pull subscription `workers` on it.
-async fn with_subscription() -> (PubSub, Arc<FakeStore>) {
-    let (svc, store) = service();
-    svc.create_topic(v1::Topic {
-        name: TOPIC.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    svc.create_subscription(v1::Subscription {
-        name: SUB.into(),
-        topic: TOPIC.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    (svc, store)
-}
-
-async fn publish(svc: &PubSub, data: &[u8]) -> v1::PublishResponse {
-    let message = v1::PubsubMessage {
+fn message(data: &[u8]) -> v1::PubsubMessage {
+    v1::PubsubMessage {
         data: data.to_vec(),
         ..Default::default()
-    };
+    }
+}
+
+/// Publishes one message per item of `data` to `orders`, in one request; the message ids.
+async fn publish(svc: &PubSub, data: &[&[u8]]) -> Vec<String> {
     svc.publish(v1::PublishRequest {
         topic: TOPIC.into(),
-        messages: vec![message],
+        messages: data.iter().map(|d| message(d)).collect(),
     })
     .await
     .unwrap()
+    .message_ids
+}
+
+#[allow(deprecated)]
+fn pull_request(
+    subscription: &str,
+    max_messages: i32,
+    return_immediately: bool,
+) -> v1::PullRequest {
+    v1::PullRequest {
+        subscription: subscription.into(),
+        max_messages,
+        return_immediately,
+    }
+}
+
+/// Pulls up to 100 messages from `subscription` without waiting.
+async fn pull_now(svc: &PubSub, subscription: &str) -> Vec<v1::ReceivedMessage> {
+    svc.pull(pull_request(subscription, 100, true))
+        .await
+        .unwrap()
+        .received_messages
+}
+
+/// The data of received messages, as text, in order.
+fn data(received: &[v1::ReceivedMessage]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| String::from_utf8(r.message.as_ref().unwrap().data.clone()).unwrap())
+        .collect()
+}
+
+fn ack_ids(received: &[v1::ReceivedMessage]) -> Vec<String> {
+    received.iter().map(|r| r.ack_id.clone()).collect()
+}
+
+fn modack(seconds: i32, ids: &[String]) -> v1::ModifyAckDeadlineRequest {
+    v1::ModifyAckDeadlineRequest {
+        subscription: SUB.into(),
+        ack_ids: ids.to_vec(),
+        ack_deadline_seconds: seconds,
+    }
 }
 
 #[tokio::test]
 async fn topics_are_created_read_and_not_duplicated() {
-    let (svc, _) = service();
+    let Fixture { svc, .. } = service();
     let written = v1::Topic {
         name: TOPIC.into(),
         kms_key_name: "k".into(),
@@ -123,7 +201,7 @@ async fn topics_are_created_read_and_not_duplicated() {
 
 #[tokio::test]
 async fn update_topic_applies_only_the_masked_fields() {
-    let (svc, store) = service();
+    let Fixture { svc, .. } = service();
     svc.create_topic(v1::Topic {
         name: TOPIC.into(),
         kms_key_name: "k".into(),
@@ -164,10 +242,23 @@ async fn update_topic_applies_only_the_masked_fields() {
         out.kms_key_name, "k",
         "a field outside the mask is unchanged"
     );
-    let name = TopicName::parse(TOPIC).unwrap();
+
+    let read_back = svc
+        .get_topic(v1::GetTopicRequest {
+            topic: TOPIC.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read_back, out, "the engine kept what the update answered");
+    let stored = svc
+        .store()
+        .get_topic(&TopicName::parse(TOPIC).unwrap())
+        .await
+        .unwrap();
     assert_eq!(
-        store.state.lock().unwrap().topics[&name].message_retention,
-        Some(Duration::from_secs(7200))
+        (stored.message_retention, stored.labels),
+        (Some(Duration::from_secs(7200)), patch.labels.clone()),
+        "the engine's own topic carries the new retention and labels"
     );
 
     let missing = v1::UpdateTopicRequest {
@@ -185,15 +276,28 @@ async fn update_topic_applies_only_the_masked_fields() {
 }
 
 #[tokio::test]
-async fn publish_validates_and_answers_decimal_ids() {
-    let (svc, store) = with_subscription().await;
-    let ids = publish(&svc, b"one").await;
-    assert_eq!(ids.message_ids, ["1000"]);
-    assert_eq!(
-        store.state.lock().unwrap().published[0].1.data.as_ref(),
-        b"one"
-    );
+async fn publish_answers_decimal_ids_of_what_subscribers_receive() {
+    let Fixture { svc, .. } = with_subscription().await;
+    let ids = publish(&svc, &[b"one", b"two"]).await;
+    assert_eq!(ids.len(), 2);
+    let numeric: Vec<u64> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    assert!(numeric[0] < numeric[1], "ids follow request order: {ids:?}");
 
+    let received = pull_now(&svc, SUB).await;
+    assert_eq!(data(&received), ["one", "two"]);
+    let received_ids: Vec<&str> = received
+        .iter()
+        .map(|r| r.message.as_ref().unwrap().message_id.as_str())
+        .collect();
+    assert_eq!(
+        received_ids, ids,
+        "a subscriber sees the ids the publisher got"
+    );
+}
+
+#[tokio::test]
+async fn publish_validates_batches_and_topics() {
+    let Fixture { svc, .. } = with_subscription().await;
     let empty = v1::PublishRequest {
         topic: TOPIC.into(),
         messages: vec![],
@@ -210,38 +314,76 @@ async fn publish_validates_and_answers_decimal_ids() {
         svc.publish(blank).await.unwrap_err().code,
         Code::InvalidArgument
     );
-    let message = v1::PubsubMessage {
-        data: b"x".to_vec(),
-        ..Default::default()
-    };
     let missing = v1::PublishRequest {
         topic: "projects/p/topics/other".into(),
-        messages: vec![message],
+        messages: vec![message(b"x")],
     };
     let e = svc.publish(missing).await.unwrap_err();
     assert_eq!(
         (e.code, e.message.as_str()),
         (Code::NotFound, "Resource not found (resource=other).")
     );
+    assert!(
+        pull_now(&svc, SUB).await.is_empty(),
+        "no rejected message reached the subscription"
+    );
 }
 
 #[tokio::test]
-async fn listing_passes_pages_through() {
-    let (svc, store) = with_subscription().await;
-    let req = v1::ListTopicsRequest {
-        project: "projects/p".into(),
-        page_size: 7,
-        page_token: "tok".into(),
-    };
-    let out = svc.list_topics(req).await.unwrap();
-    assert_eq!(out.topics.len(), 1);
-    assert_eq!(out.next_page_token, "next");
-    assert_eq!(
-        store.state.lock().unwrap().last_page,
-        Some(converge_core::PageRequest {
-            page_size: 7,
-            page_token: "tok".into()
+async fn list_topics_pages_through_one_project_in_name_order() {
+    let Fixture { svc, .. } = service();
+    let mut names: Vec<String> = ["delta", "alpha", "echo", "charlie", "bravo"]
+        .iter()
+        .map(|id| format!("projects/p/topics/{id}"))
+        .collect();
+    for name in &names {
+        create_topic(&svc, name).await;
+    }
+    create_topic(&svc, "projects/q/topics/elsewhere").await;
+    names.sort();
+
+    let mut seen = Vec::new();
+    let mut tokens = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = svc
+            .list_topics(v1::ListTopicsRequest {
+                project: "projects/p".into(),
+                page_size: 2,
+                page_token,
+            })
+            .await
+            .unwrap();
+        assert!(page.topics.len() <= 2, "a page holds at most page_size");
+        seen.extend(page.topics.into_iter().map(|t| t.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        tokens.push(page.next_page_token.clone());
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, names, "every topic of the project once, sorted");
+    assert_eq!(tokens.len(), 2, "five topics in pages of two: two tokens");
+
+    let all = svc
+        .list_topics(v1::ListTopicsRequest {
+            project: "projects/p".into(),
+            ..Default::default()
         })
+        .await
+        .unwrap();
+    assert_eq!(all.topics.len(), names.len(), "page size 0: the default");
+    assert_eq!(all.next_page_token, "", "everything fits: no token");
+
+    let negative = v1::ListTopicsRequest {
+        project: "projects/p".into(),
+        page_size: -1,
+        ..Default::default()
+    };
+    assert_error(
+        svc.list_topics(negative).await.unwrap_err(),
+        Code::InvalidArgument,
+        "page_size",
     );
     let bad = v1::ListTopicsRequest {
         project: "p".into(),
@@ -251,32 +393,95 @@ async fn listing_passes_pages_through() {
         svc.list_topics(bad).await.unwrap_err().code,
         Code::InvalidArgument
     );
+}
 
-    let subs = svc
+#[tokio::test]
+async fn listing_subscriptions_by_project_and_by_topic() {
+    let Fixture { svc, .. } = with_subscription().await;
+    create_topic(&svc, "projects/p/topics/quiet").await;
+    create_subscription(&svc, "projects/p/subscriptions/audit", TOPIC).await;
+
+    let first = svc
+        .list_subscriptions(v1::ListSubscriptionsRequest {
+            project: "projects/p".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.subscriptions.len(), 1);
+    assert_eq!(
+        first.subscriptions[0].name,
+        "projects/p/subscriptions/audit"
+    );
+    assert_eq!(first.subscriptions[0].ack_deadline_seconds, 10);
+    assert_ne!(first.next_page_token, "", "a second page follows");
+    let second = svc
+        .list_subscriptions(v1::ListSubscriptionsRequest {
+            project: "projects/p".into(),
+            page_size: 1,
+            page_token: first.next_page_token,
+        })
+        .await
+        .unwrap();
+    let names: Vec<&str> = second
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, [SUB]);
+    assert_eq!(second.next_page_token, "");
+
+    let of_topic = svc
         .list_topic_subscriptions(v1::ListTopicSubscriptionsRequest {
             topic: TOPIC.into(),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(subs.subscriptions, [SUB]);
-    let all = svc
-        .list_subscriptions(v1::ListSubscriptionsRequest {
-            project: "projects/p".into(),
+    assert_eq!(
+        of_topic.subscriptions,
+        ["projects/p/subscriptions/audit", SUB]
+    );
+    let of_quiet = svc
+        .list_topic_subscriptions(v1::ListTopicSubscriptionsRequest {
+            topic: "projects/p/topics/quiet".into(),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(all.subscriptions[0].ack_deadline_seconds, 10);
+    assert!(of_quiet.subscriptions.is_empty());
+    let e = svc
+        .list_topic_subscriptions(v1::ListTopicSubscriptionsRequest {
+            topic: "projects/p/topics/nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (Code::NotFound, "Resource not found (resource=nope).")
+    );
 }
 
 #[tokio::test]
 async fn create_subscription_checks_topics_and_push() {
-    let (svc, _) = with_subscription().await;
+    let Fixture { svc, .. } = with_subscription().await;
     let sub = |name: &str, topic: &str| v1::Subscription {
         name: name.into(),
         topic: topic.into(),
         ..Default::default()
+    };
+    let absent = |name: &'static str| {
+        let svc = svc.clone();
+        async move {
+            svc.get_subscription(v1::GetSubscriptionRequest {
+                subscription: name.into(),
+            })
+            .await
+            .unwrap_err()
+            .code
+        }
     };
 
     let e = svc
@@ -301,6 +506,11 @@ async fn create_subscription_checks_topics_and_push() {
         Code::NotFound,
         "resource=dead",
     );
+    assert_eq!(
+        absent("projects/p/subscriptions/sub2").await,
+        Code::NotFound,
+        "a rejected subscription was not created"
+    );
 
     let e = svc.create_subscription(sub(SUB, TOPIC)).await.unwrap_err();
     assert_eq!(
@@ -321,6 +531,10 @@ async fn create_subscription_checks_topics_and_push() {
         Code::Unimplemented,
         "push subscriptions",
     );
+    assert_eq!(
+        absent("projects/p/subscriptions/sub3").await,
+        Code::NotFound
+    );
 
     let got = svc
         .get_subscription(v1::GetSubscriptionRequest {
@@ -333,7 +547,7 @@ async fn create_subscription_checks_topics_and_push() {
 
 #[tokio::test]
 async fn update_subscription_honours_masks_and_immutability() {
-    let (svc, store) = with_subscription().await;
+    let Fixture { svc, clock } = with_subscription().await;
     let patch = v1::Subscription {
         name: SUB.into(),
         ack_deadline_seconds: 30,
@@ -386,26 +600,51 @@ async fn update_subscription_honours_masks_and_immutability() {
         .await
         .unwrap();
     assert_eq!(out.ack_deadline_seconds, 30);
-    assert_eq!(
-        out.retry_policy,
-        Some(v1::RetryPolicy {
-            minimum_backoff: Some(secs(20)),
-            maximum_backoff: Some(secs(600))
-        })
-    );
+    let expected_retry = Some(v1::RetryPolicy {
+        minimum_backoff: Some(secs(20)),
+        maximum_backoff: Some(secs(600)),
+    });
+    assert_eq!(out.retry_policy, expected_retry);
     assert_eq!(out.filter, "", "the filter is not touched");
-    let name = converge_core::SubscriptionName::parse(SUB).unwrap();
-    let stored = store.state.lock().unwrap().subscriptions[&name].clone();
-    assert_eq!(stored.ack_deadline, Duration::from_secs(30));
-    assert_eq!(
-        stored.retry.map(|r| r.minimum_backoff),
-        Some(Duration::from_secs(20))
+    let read_back = svc
+        .get_subscription(v1::GetSubscriptionRequest {
+            subscription: SUB.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read_back, out, "the engine kept what the update answered");
+
+    // The engine applies both: a lease now lasts 30 s, and a lease that runs out counts as a
+    // failed delivery, so the message then waits the 20 s minimum backoff. With the old 10 s
+    // lease it would be back at 30 s.
+    publish(&svc, &[b"m"]).await;
+    let leased = pull_now(&svc, SUB).await;
+    assert_eq!(data(&leased), ["m"]);
+    clock.advance(DEFAULT_LEASE + Duration::from_secs(1));
+    assert!(pull_now(&svc, SUB).await.is_empty(), "still leased at 11 s");
+    clock.advance(Duration::from_secs(20));
+    assert!(
+        pull_now(&svc, SUB).await.is_empty(),
+        "at 31 s the 30 s lease has just run out and the backoff started"
     );
+    clock.advance(Duration::from_secs(20));
+    let again = pull_now(&svc, SUB).await;
+    assert_eq!(data(&again), ["m"], "redelivered after lease and backoff");
+
+    // A nack is the second failure: it waits between the 20 s minimum and the nominal 40 s
+    // of the second backoff step (the jitter picks where).
+    svc.modify_ack_deadline(modack(0, &ack_ids(&again)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(19));
+    assert!(pull_now(&svc, SUB).await.is_empty(), "still backing off");
+    clock.advance(Duration::from_secs(21));
+    assert_eq!(data(&pull_now(&svc, SUB).await), ["m"]);
 }
 
 #[tokio::test]
 async fn deleting_a_topic_leaves_its_subscription_on_the_deleted_topic() {
-    let (svc, _) = with_subscription().await;
+    let Fixture { svc, .. } = with_subscription().await;
     svc.delete_topic(v1::DeleteTopicRequest {
         topic: TOPIC.into(),
     })
@@ -418,6 +657,13 @@ async fn deleting_a_topic_leaves_its_subscription_on_the_deleted_topic() {
         .await
         .unwrap();
     assert_eq!(got.topic, "_deleted-topic_");
+    let gone = svc
+        .get_topic(v1::GetTopicRequest {
+            topic: TOPIC.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code, Code::NotFound);
     let e = svc
         .delete_topic(v1::DeleteTopicRequest {
             topic: TOPIC.into(),
@@ -428,54 +674,107 @@ async fn deleting_a_topic_leaves_its_subscription_on_the_deleted_topic() {
 }
 
 #[tokio::test]
-#[allow(deprecated)]
-async fn pull_bounds_its_wait_and_converts_messages() {
-    let (svc, store) = with_subscription().await;
-    publish(&svc, b"hello").await;
-    let pull = |max_messages, return_immediately| v1::PullRequest {
-        subscription: SUB.into(),
-        max_messages,
-        return_immediately,
+async fn pull_converts_messages() {
+    let Fixture { svc, .. } = with_subscription().await;
+    let ids = publish(&svc, &[b"hello"]).await;
+    let out = svc.pull(pull_request(SUB, 10, false)).await.unwrap();
+    let [received] = out.received_messages.as_slice() else {
+        panic!("one message expected: {out:?}");
     };
-
-    assert_error(
-        svc.pull(pull(0, true)).await.unwrap_err(),
-        Code::InvalidArgument,
-        "max_messages",
-    );
-    let out = svc.pull(pull(5000, false)).await.unwrap();
-    assert_eq!(
-        store.state.lock().unwrap().last_pull,
-        Some((1000, PULL_LONG_POLL))
-    );
-    let received = &out.received_messages[0];
+    assert!(!received.ack_id.is_empty());
     let message = received.message.as_ref().unwrap();
     assert_eq!(
         (message.data.as_slice(), message.message_id.as_str()),
-        (&b"hello"[..], "1000")
+        (&b"hello"[..], ids[0].as_str())
     );
     assert_eq!(
         message.publish_time,
         Some(prost_types::Timestamp {
-            seconds: 1,
+            seconds: 1_700_000_000,
             nanos: 500_000_000
-        })
+        }),
+        "the publish time is the clock's time at publish"
     );
-    assert_eq!(received.delivery_attempt, 0);
-
-    svc.pull(pull(3, true)).await.unwrap();
     assert_eq!(
-        store.state.lock().unwrap().last_pull,
-        Some((3, Duration::ZERO))
+        received.delivery_attempt, 0,
+        "no dead-letter policy: no attempt count"
+    );
+}
+
+#[tokio::test]
+async fn pull_validates_and_caps_max_messages() {
+    let Fixture { svc, .. } = with_subscription().await;
+    assert_error(
+        svc.pull(pull_request(SUB, 0, true)).await.unwrap_err(),
+        Code::InvalidArgument,
+        "max_messages",
+    );
+    let batch: Vec<&[u8]> = vec![b"m"; limits::MAX_PUBLISH_MESSAGES];
+    publish(&svc, &batch).await;
+    publish(&svc, &[b"last"]).await;
+    let available = limits::MAX_PUBLISH_MESSAGES + 1;
+    assert!(available > limits::MAX_PULL_MESSAGES);
+
+    let first = svc.pull(pull_request(SUB, 5000, true)).await.unwrap();
+    assert_eq!(
+        first.received_messages.len(),
+        limits::MAX_PULL_MESSAGES,
+        "a larger max_messages is capped"
+    );
+    let rest = svc.pull(pull_request(SUB, 3, true)).await.unwrap();
+    assert_eq!(
+        rest.received_messages.len(),
+        (available - limits::MAX_PULL_MESSAGES).min(3)
+    );
+}
+
+#[tokio::test]
+async fn return_immediately_answers_an_empty_subscription_at_once() {
+    let Fixture { svc, .. } = with_subscription().await;
+    let answered = svc
+        .pull(pull_request(SUB, 10, true))
+        .now_or_never()
+        .expect("return_immediately does not wait");
+    assert!(answered.unwrap().received_messages.is_empty());
+
+    let long_poll = svc.pull(pull_request(SUB, 10, false));
+    assert!(
+        long_poll.now_or_never().is_none(),
+        "without return_immediately an empty pull waits"
+    );
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_a_message_is_published() {
+    let Fixture { svc, .. } = with_subscription().await;
+    let mut long_poll = pin!(svc.pull(pull_request(SUB, 10, false)));
+    assert!(
+        futures::poll!(long_poll.as_mut()).is_pending(),
+        "nothing to deliver yet: the pull waits"
     );
 
-    let missing = v1::PullRequest {
-        subscription: "projects/p/subscriptions/nope".into(),
-        max_messages: 1,
-        return_immediately: true,
+    let publisher = svc.clone();
+    let ids = tokio::spawn(async move { publish(&publisher, &[b"wake"]).await })
+        .await
+        .unwrap();
+
+    // The publish has completed, so the waiting pull has been woken: its very next poll answers,
+    // long before the long poll would have run out.
+    let std::task::Poll::Ready(answered) = futures::poll!(long_poll.as_mut()) else {
+        panic!("the long poll was not woken by the publish");
     };
+    let received = answered.unwrap().received_messages;
+    assert_eq!(data(&received), ["wake"]);
+    assert_eq!(received[0].message.as_ref().unwrap().message_id, ids[0]);
+}
+
+#[tokio::test]
+async fn pull_reports_missing_and_detached_subscriptions() {
+    let Fixture { svc, .. } = with_subscription().await;
     assert_error(
-        svc.pull(missing).await.unwrap_err(),
+        svc.pull(pull_request("projects/p/subscriptions/nope", 1, true))
+            .await
+            .unwrap_err(),
         Code::NotFound,
         "resource=nope",
     );
@@ -485,57 +784,45 @@ async fn pull_bounds_its_wait_and_converts_messages() {
     .await
     .unwrap();
     assert_eq!(
-        svc.pull(pull(1, true)).await.unwrap_err().code,
+        svc.pull(pull_request(SUB, 1, true)).await.unwrap_err().code,
         Code::FailedPrecondition
     );
+    let got = svc
+        .get_subscription(v1::GetSubscriptionRequest {
+            subscription: SUB.into(),
+        })
+        .await
+        .unwrap();
+    assert!(got.detached, "the subscription shows it is detached");
 }
 
 #[tokio::test]
-async fn ack_and_modack_validate_ids_and_deadlines() {
-    let (svc, store) = with_subscription().await;
-    let ack = |ids: &[&str]| v1::AcknowledgeRequest {
+async fn acknowledged_messages_do_not_come_back() {
+    let Fixture { svc, clock } = with_subscription().await;
+    let ack = |ids: Vec<String>| v1::AcknowledgeRequest {
         subscription: SUB.into(),
-        ack_ids: ids.iter().map(ToString::to_string).collect(),
+        ack_ids: ids,
     };
     assert_error(
-        svc.acknowledge(ack(&[])).await.unwrap_err(),
+        svc.acknowledge(ack(vec![])).await.unwrap_err(),
         Code::InvalidArgument,
         "ack_ids",
     );
-    svc.acknowledge(ack(&["a", "b"])).await.unwrap();
-    assert_eq!(
-        store.state.lock().unwrap().acked,
-        [AckId("a".into()), AckId("b".into())]
-    );
+    svc.acknowledge(ack(vec!["a".into(), "b".into()]))
+        .await
+        .expect("unknown ack ids are not an error");
 
-    let modack = |seconds, ids: &[&str]| v1::ModifyAckDeadlineRequest {
-        subscription: SUB.into(),
-        ack_ids: ids.iter().map(ToString::to_string).collect(),
-        ack_deadline_seconds: seconds,
-    };
-    assert_error(
-        svc.modify_ack_deadline(modack(601, &["a"]))
-            .await
-            .unwrap_err(),
-        Code::InvalidArgument,
-        "ack_deadline_seconds",
-    );
-    assert_error(
-        svc.modify_ack_deadline(modack(-1, &["a"]))
-            .await
-            .unwrap_err(),
-        Code::InvalidArgument,
-        "ack_deadline_seconds",
-    );
-    assert_error(
-        svc.modify_ack_deadline(modack(10, &[])).await.unwrap_err(),
-        Code::InvalidArgument,
-        "ack_ids",
-    );
-    svc.modify_ack_deadline(modack(0, &["a"])).await.unwrap();
+    publish(&svc, &[b"acked", b"kept"]).await;
+    let leased = pull_now(&svc, SUB).await;
+    assert_eq!(data(&leased), ["acked", "kept"]);
+    svc.acknowledge(ack(vec![leased[0].ack_id.clone()]))
+        .await
+        .unwrap();
+    clock.advance(DEFAULT_LEASE + Duration::from_secs(1));
     assert_eq!(
-        store.state.lock().unwrap().modacks,
-        [(AckId("a".into()), Duration::ZERO)]
+        data(&pull_now(&svc, SUB).await),
+        ["kept"],
+        "once the leases ran out only the unacknowledged message comes back"
     );
 
     let missing = v1::AcknowledgeRequest {
@@ -550,8 +837,92 @@ async fn ack_and_modack_validate_ids_and_deadlines() {
 }
 
 #[tokio::test]
+async fn modify_ack_deadline_extends_or_ends_leases() {
+    let Fixture { svc, clock } = with_subscription().await;
+    let some = vec!["a".to_string()];
+    for (seconds, ids, needle) in [
+        (601, &some, "ack_deadline_seconds"),
+        (-1, &some, "ack_deadline_seconds"),
+        (10, &Vec::new(), "ack_ids"),
+    ] {
+        assert_error(
+            svc.modify_ack_deadline(modack(seconds, ids))
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            needle,
+        );
+    }
+
+    publish(&svc, &[b"m"]).await;
+    let leased = ack_ids(&pull_now(&svc, SUB).await);
+    svc.modify_ack_deadline(modack(60, &leased)).await.unwrap();
+    clock.advance(DEFAULT_LEASE + Duration::from_secs(1));
+    assert!(
+        pull_now(&svc, SUB).await.is_empty(),
+        "the lease was extended past the default 10 s"
+    );
+    clock.advance(Duration::from_secs(49));
+    let again = pull_now(&svc, SUB).await;
+    assert_eq!(data(&again), ["m"], "and ran out after 60 s");
+
+    svc.modify_ack_deadline(modack(0, &ack_ids(&again)))
+        .await
+        .unwrap();
+    assert_eq!(
+        data(&pull_now(&svc, SUB).await),
+        ["m"],
+        "a deadline of 0 nacks: without a retry policy the message is redelivered at once"
+    );
+
+    let missing = v1::ModifyAckDeadlineRequest {
+        subscription: "projects/p/subscriptions/nope".into(),
+        ..modack(10, &some)
+    };
+    assert_error(
+        svc.modify_ack_deadline(missing).await.unwrap_err(),
+        Code::NotFound,
+        "resource=nope",
+    );
+}
+
+#[tokio::test]
+async fn delivery_attempts_are_counted_with_a_dead_letter_policy() {
+    let Fixture { svc, .. } = with_subscription().await;
+    create_topic(&svc, "projects/p/topics/dead").await;
+    let counted = "projects/p/subscriptions/counted";
+    svc.create_subscription(v1::Subscription {
+        name: counted.into(),
+        topic: TOPIC.into(),
+        dead_letter_policy: Some(v1::DeadLetterPolicy {
+            dead_letter_topic: "projects/p/topics/dead".into(),
+            max_delivery_attempts: 5,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    publish(&svc, &[b"m"]).await;
+
+    let first = pull_now(&svc, counted).await;
+    assert_eq!(first[0].delivery_attempt, 1);
+    svc.modify_ack_deadline(v1::ModifyAckDeadlineRequest {
+        subscription: counted.into(),
+        ack_ids: ack_ids(&first),
+        ack_deadline_seconds: 0,
+    })
+    .await
+    .unwrap();
+    let second = pull_now(&svc, counted).await;
+    assert_eq!(
+        (data(&second), second[0].delivery_attempt),
+        (vec!["m".to_string()], 2)
+    );
+}
+
+#[tokio::test]
 async fn modify_push_config_accepts_only_pull() {
-    let (svc, _) = with_subscription().await;
+    let Fixture { svc, .. } = with_subscription().await;
     let req = |sub: &str, endpoint: &str| v1::ModifyPushConfigRequest {
         subscription: sub.into(),
         push_config: Some(v1::PushConfig {
@@ -567,6 +938,17 @@ async fn modify_push_config_accepts_only_pull() {
         Code::Unimplemented,
         "push subscriptions",
     );
+    let got = svc
+        .get_subscription(v1::GetSubscriptionRequest {
+            subscription: SUB.into(),
+        })
+        .await
+        .unwrap();
+    let endpoint = got.push_config.map(|c| c.push_endpoint).unwrap_or_default();
+    assert_eq!(
+        endpoint, "",
+        "the subscription is still a pull subscription"
+    );
     assert_error(
         svc.modify_push_config(req("projects/p/subscriptions/nope", ""))
             .await
@@ -578,7 +960,7 @@ async fn modify_push_config_accepts_only_pull() {
 
 #[tokio::test]
 async fn snapshots_and_seek_are_unimplemented() {
-    let (svc, _) = with_subscription().await;
+    let Fixture { svc, .. } = with_subscription().await;
     let codes = [
         svc.get_snapshot(Default::default()).await.unwrap_err().code,
         svc.list_snapshots(Default::default())
@@ -598,22 +980,66 @@ async fn snapshots_and_seek_are_unimplemented() {
             .unwrap_err()
             .code,
         svc.seek(Default::default()).await.unwrap_err().code,
-        svc.list_topic_snapshots(Default::default())
-            .await
-            .unwrap_err()
-            .code,
     ];
     assert!(codes.iter().all(|c| *c == Code::Unimplemented), "{codes:?}");
 }
 
 #[tokio::test]
+async fn a_topic_lists_no_snapshots() {
+    let Fixture { svc, .. } = with_subscription().await;
+    let req = |topic: &str| v1::ListTopicSnapshotsRequest {
+        topic: topic.into(),
+        ..Default::default()
+    };
+    let listed = svc.list_topic_snapshots(req(TOPIC)).await.unwrap();
+    assert_eq!(listed, v1::ListTopicSnapshotsResponse::default());
+
+    let e = svc
+        .list_topic_snapshots(req("projects/p/topics/nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (Code::NotFound, "Resource not found (resource=nope).")
+    );
+    assert_eq!(
+        svc.list_topic_snapshots(req("topics/orders"))
+            .await
+            .unwrap_err()
+            .code,
+        Code::InvalidArgument
+    );
+    let negative = v1::ListTopicSnapshotsRequest {
+        page_size: -1,
+        ..req(TOPIC)
+    };
+    assert_eq!(
+        svc.list_topic_snapshots(negative).await.unwrap_err().code,
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
 async fn delete_and_detach_report_missing_subscriptions() {
-    let (svc, _) = with_subscription().await;
+    let Fixture { svc, .. } = with_subscription().await;
+    publish(&svc, &[b"backlog"]).await;
     svc.delete_subscription(v1::DeleteSubscriptionRequest {
         subscription: SUB.into(),
     })
     .await
     .unwrap();
+    let name = SubscriptionName::parse(SUB).unwrap();
+    assert!(
+        matches!(
+            svc.store().get_subscription(&name).await,
+            Err(converge_core::Error::NotFound(_))
+        ),
+        "the engine no longer has it"
+    );
+    assert_eq!(
+        svc.pull(pull_request(SUB, 1, true)).await.unwrap_err().code,
+        Code::NotFound
+    );
     let e = svc
         .delete_subscription(v1::DeleteSubscriptionRequest {
             subscription: SUB.into(),
@@ -628,4 +1054,10 @@ async fn delete_and_detach_report_missing_subscriptions() {
         .await
         .unwrap_err();
     assert_eq!(e.code, Code::NotFound);
+
+    create_subscription(&svc, SUB, TOPIC).await;
+    assert!(
+        pull_now(&svc, SUB).await.is_empty(),
+        "a new subscription of the same name starts empty"
+    );
 }
