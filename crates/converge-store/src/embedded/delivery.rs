@@ -81,7 +81,10 @@ pub struct AckRef {
 impl AckRef {
     /// Encodes as an opaque ack id.
     pub fn encode(&self) -> AckId {
-        AckId(format!("{:x}-{:x}-{:x}", self.subscription_id, self.message_id, self.lease))
+        AckId(format!(
+            "{:x}-{:x}-{:x}",
+            self.subscription_id, self.message_id, self.lease
+        ))
     }
 
     /// Decodes an ack id; `None` for anything this engine did not issue.
@@ -92,7 +95,11 @@ impl AckRef {
         else {
             return None;
         };
-        Some(Self { subscription_id, message_id, lease })
+        Some(Self {
+            subscription_id,
+            message_id,
+            lease,
+        })
     }
 }
 
@@ -132,7 +139,13 @@ pub struct SubscriptionState {
 
 impl SubscriptionState {
     /// A subscription that has seen nothing after `start_after`.
-    pub fn new(id: u64, settings: Subscription, log_id: u64, start_after: u64, now: SystemTime) -> Result<Self> {
+    pub fn new(
+        id: u64,
+        settings: Subscription,
+        log_id: u64,
+        start_after: u64,
+        now: SystemTime,
+    ) -> Result<Self> {
         let filter = parse_filter(&settings.filter)?;
         Ok(Self {
             id,
@@ -158,7 +171,10 @@ impl SubscriptionState {
 
     /// Replaces the settings (the filter is immutable and stays).
     pub fn update(&mut self, settings: Subscription) {
-        debug_assert_eq!(settings.filter, self.settings.filter, "filters are immutable");
+        debug_assert_eq!(
+            settings.filter, self.settings.filter,
+            "filters are immutable"
+        );
         self.settings = settings;
     }
 
@@ -179,7 +195,9 @@ impl SubscriptionState {
     ) -> Result<Vec<Taken>> {
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(&(ready_at, id)) = self.ready.first() else { break };
+            let Some(&(ready_at, id)) = self.ready.first() else {
+                break;
+            };
             if ready_at > now {
                 break;
             }
@@ -194,7 +212,9 @@ impl SubscriptionState {
             out.push(self.lease(id, message, now));
         }
         while out.len() < max {
-            let Some(entry) = log.first_after(self.cursor) else { break };
+            let Some(entry) = log.first_after(self.cursor) else {
+                break;
+            };
             if entry.pos >= durable_end {
                 break;
             }
@@ -214,7 +234,10 @@ impl SubscriptionState {
             }
             if self.settings.enable_message_ordering && !entry.ordering_key.is_empty() {
                 if self.busy_keys.contains_key(&entry.ordering_key) {
-                    self.parked.entry(entry.ordering_key.clone()).or_default().push_back(entry.id);
+                    self.parked
+                        .entry(entry.ordering_key.clone())
+                        .or_default()
+                        .push_back(entry.id);
                     continue;
                 }
                 self.busy_keys.insert(entry.ordering_key.clone(), entry.id);
@@ -243,7 +266,12 @@ impl SubscriptionState {
         delivery.state = DeliveryState::Leased { lease, deadline };
         self.leases.insert((deadline, id));
         Taken {
-            ack_id: AckRef { subscription_id: self.id, message_id: id, lease }.encode(),
+            ack_id: AckRef {
+                subscription_id: self.id,
+                message_id: id,
+                lease,
+            }
+            .encode(),
             message,
             attempts: delivery.attempts,
         }
@@ -262,8 +290,16 @@ impl SubscriptionState {
 
     /// Moves a current lease's deadline to `deadline`.
     pub fn extend(&mut self, id: u64, deadline: SystemTime) {
-        let Some(d) = self.deliveries.get_mut(&id) else { return };
-        let DeliveryState::Leased { lease, deadline: old } = d.state else { return };
+        let Some(d) = self.deliveries.get_mut(&id) else {
+            return;
+        };
+        let DeliveryState::Leased {
+            lease,
+            deadline: old,
+        } = d.state
+        else {
+            return;
+        };
         self.leases.remove(&(old, id));
         self.leases.insert((deadline, id));
         d.state = DeliveryState::Leased { lease, deadline };
@@ -271,7 +307,9 @@ impl SubscriptionState {
 
     /// Puts a message back to wait until `ready_at` (used when its dead-letter topic is missing).
     pub fn wait(&mut self, id: u64, ready_at: SystemTime) {
-        let Some(d) = self.deliveries.get_mut(&id) else { return };
+        let Some(d) = self.deliveries.get_mut(&id) else {
+            return;
+        };
         if let DeliveryState::Leased { deadline, .. } = d.state {
             self.leases.remove(&(deadline, id));
         }
@@ -310,10 +348,14 @@ impl SubscriptionState {
         let ready_at = match &self.settings.retry {
             None => now,
             Some(schedule) => {
-                let elapsed = now.duration_since(d.first_attempt).unwrap_or(Duration::ZERO);
+                let elapsed = now
+                    .duration_since(d.first_attempt)
+                    .unwrap_or(Duration::ZERO);
                 match schedule.decide(attempts, elapsed, jitter) {
                     RetryDecision::RetryAfter(delay) => now + delay,
-                    RetryDecision::GiveUp if dead_letter.is_some() => return AfterFailure::DeadLetter { attempts },
+                    RetryDecision::GiveUp if dead_letter.is_some() => {
+                        return AfterFailure::DeadLetter { attempts };
+                    }
                     RetryDecision::GiveUp => return AfterFailure::GiveUp { attempts },
                 }
             }
@@ -355,17 +397,24 @@ impl SubscriptionState {
             return;
         }
         self.busy_keys.remove(key);
-        let Some(queue) = self.parked.get_mut(key) else { return };
-        let Some(next) = queue.pop_front() else { return };
+        let Some(queue) = self.parked.get_mut(key) else {
+            return;
+        };
+        let Some(next) = queue.pop_front() else {
+            return;
+        };
         if queue.is_empty() {
             self.parked.remove(key);
         }
         self.busy_keys.insert(key.clone(), next);
-        self.deliveries.insert(next, Delivery {
-            attempts: 0,
-            first_attempt: now,
-            state: DeliveryState::Waiting { ready_at: now },
-        });
+        self.deliveries.insert(
+            next,
+            Delivery {
+                attempts: 0,
+                first_attempt: now,
+                state: DeliveryState::Waiting { ready_at: now },
+            },
+        );
         self.ready.insert((now, next));
     }
 
@@ -441,7 +490,10 @@ impl SubscriptionState {
     /// Unfinished messages and the publish time of the oldest one.
     pub fn backlog(&self, log: &TopicLog) -> (u64, Option<SystemTime>) {
         let count = log.count_after(self.floor).saturating_sub(self.done.len()) as u64;
-        let oldest = log.iter_after(self.floor).find(|e| !self.done.contains(&e.id)).map(|e| e.publish_time);
+        let oldest = log
+            .iter_after(self.floor)
+            .find(|e| !self.done.contains(&e.id))
+            .map(|e| e.publish_time);
         (count, oldest)
     }
 }
@@ -451,7 +503,9 @@ pub fn parse_filter(text: &str) -> Result<Option<Filter>> {
     if text.is_empty() {
         return Ok(None);
     }
-    Filter::parse(text).map(Some).map_err(|e| converge_core::Error::invalid(e.to_string()))
+    Filter::parse(text)
+        .map(Some)
+        .map_err(|e| converge_core::Error::invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -460,7 +514,11 @@ mod tests {
 
     #[test]
     fn ack_ids_round_trip_and_reject_foreign_text() {
-        let a = AckRef { subscription_id: 7, message_id: 123_456, lease: u64::MAX };
+        let a = AckRef {
+            subscription_id: 7,
+            message_id: 123_456,
+            lease: u64::MAX,
+        };
         assert_eq!(AckRef::decode(&a.encode()), Some(a));
         for bad in ["", "1-2", "1-2-3-4", "x-2-3", "projects/p/subscriptions/s"] {
             assert_eq!(AckRef::decode(&AckId(bad.into())), None, "{bad}");

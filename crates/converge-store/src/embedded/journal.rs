@@ -51,7 +51,10 @@ impl Journal {
         match self {
             Journal::Disk(wal) => {
                 let (positions, ticket) = wal.submit(records).map_err(wal_error)?;
-                Ok((positions, Box::pin(async move { ticket.await.map_err(wal_error) })))
+                Ok((
+                    positions,
+                    Box::pin(async move { ticket.await.map_err(wal_error) }),
+                ))
             }
             Journal::Memory(mem) => {
                 let mut guard = mem.records.lock();
@@ -59,7 +62,10 @@ impl Journal {
                 let positions = records
                     .into_iter()
                     .map(|r| {
-                        let pos = RecordPos { segment: 0, offset: *next };
+                        let pos = RecordPos {
+                            segment: 0,
+                            offset: *next,
+                        };
                         map.insert(*next, r);
                         *next += 1;
                         pos
@@ -74,7 +80,10 @@ impl Journal {
     pub fn durable_end(&self) -> RecordPos {
         match self {
             Journal::Disk(wal) => wal.durable_end(),
-            Journal::Memory(mem) => RecordPos { segment: 0, offset: mem.records.lock().0 },
+            Journal::Memory(mem) => RecordPos {
+                segment: 0,
+                offset: mem.records.lock().0,
+            },
         }
     }
 

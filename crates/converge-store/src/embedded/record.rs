@@ -60,7 +60,8 @@ impl Record {
 
     /// Decodes a record read from the log.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        postcard::from_bytes(bytes).map_err(|e| Error::Internal(format!("undecodable log record: {e}")))
+        postcard::from_bytes(bytes)
+            .map_err(|e| Error::Internal(format!("undecodable log record: {e}")))
     }
 }
 
@@ -157,7 +158,11 @@ pub struct MessageRecord {
 impl MessageRecord {
     /// Builds the record of a new message.
     pub fn new(topic_id: u64, id: u64, publish_time: SystemTime, message: &NewMessage) -> Self {
-        let mut attributes: Vec<_> = message.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut attributes: Vec<_> = message
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         attributes.sort();
         Self {
             topic_id,
@@ -183,7 +188,9 @@ impl MessageRecord {
 
 /// Nanoseconds since the epoch (0 for times before it).
 pub fn to_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// The inverse of [`to_ns`].
@@ -228,7 +235,12 @@ impl TopicRecord {
 
 impl SubscriptionRecord {
     /// The record of a subscription.
-    pub fn from_subscription(subscription_id: u64, topic_id: u64, start_after: u64, s: &Subscription) -> Self {
+    pub fn from_subscription(
+        subscription_id: u64,
+        topic_id: u64,
+        start_after: u64,
+        s: &Subscription,
+    ) -> Self {
         Self {
             subscription_id,
             name: s.name.to_string(),
@@ -240,7 +252,10 @@ impl SubscriptionRecord {
             retention_ms: ms(s.message_retention),
             enable_message_ordering: s.enable_message_ordering,
             filter: s.filter.clone(),
-            dead_letter: s.dead_letter_policy.as_ref().map(|p| (p.topic.to_string(), p.max_delivery_attempts)),
+            dead_letter: s
+                .dead_letter_policy
+                .as_ref()
+                .map(|p| (p.topic.to_string(), p.max_delivery_attempts)),
             retry: s.retry.as_ref().map(|r| RetryRecord {
                 immediate_retries: r.immediate_retries,
                 fixed_retries: r.fixed_retries,
@@ -302,9 +317,16 @@ mod tests {
             attributes: [("a".to_string(), "1".to_string())].into_iter().collect(),
             ordering_key: "k".into(),
         };
-        let r = Record::Message(MessageRecord::new(3, 42, UNIX_EPOCH + Duration::from_secs(9), &message));
+        let r = Record::Message(MessageRecord::new(
+            3,
+            42,
+            UNIX_EPOCH + Duration::from_secs(9),
+            &message,
+        ));
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
-        let Record::Message(m) = r else { unreachable!() };
+        let Record::Message(m) = r else {
+            unreachable!()
+        };
         let stored = m.into_stored();
         assert_eq!(stored.data, message.data);
         assert_eq!(stored.attributes, message.attributes);

@@ -64,14 +64,23 @@ impl Snapshot {
     /// Captures the state; `resume_from` is the journal position of the first record not
     /// reflected in it.
     pub fn capture(state: &State, resume_from: RecordPos) -> Self {
-        let topics = state.topics.values().map(|m| TopicRecord::from_topic(m.id, &m.topic)).collect();
+        let topics = state
+            .topics
+            .values()
+            .map(|m| TopicRecord::from_topic(m.id, &m.topic))
+            .collect();
         let subscriptions = state
             .subscriptions
             .values()
             .map(|s| {
                 let (floor, done) = s.durable_progress();
                 SubscriptionSnapshot {
-                    record: SubscriptionRecord::from_subscription(s.id, s.log_id, s.start_after, &s.settings),
+                    record: SubscriptionRecord::from_subscription(
+                        s.id,
+                        s.log_id,
+                        s.start_after,
+                        &s.settings,
+                    ),
                     floor,
                     done,
                 }
@@ -88,7 +97,15 @@ impl Snapshot {
                 entries: data
                     .log
                     .iter()
-                    .map(|e| (e.id, e.pos.segment, e.pos.offset, to_ns(e.publish_time), e.ordering_key.to_string()))
+                    .map(|e| {
+                        (
+                            e.id,
+                            e.pos.segment,
+                            e.pos.offset,
+                            to_ns(e.publish_time),
+                            e.ordering_key.to_string(),
+                        )
+                    })
                     .collect(),
                 dedup: data
                     .dedup_order
@@ -113,7 +130,10 @@ impl Snapshot {
 
     /// The journal position of the first record not reflected in the snapshot.
     pub fn resume_from(&self) -> RecordPos {
-        RecordPos { segment: self.resume_from.0, offset: self.resume_from.1 }
+        RecordPos {
+            segment: self.resume_from.0,
+            offset: self.resume_from.1,
+        }
     }
 
     /// Encodes for the snapshot file.
@@ -123,8 +143,8 @@ impl Snapshot {
 
     /// Decodes a snapshot file.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let snapshot: Self =
-            postcard::from_bytes(bytes).map_err(|e| Error::Internal(format!("undecodable snapshot: {e}")))?;
+        let snapshot: Self = postcard::from_bytes(bytes)
+            .map_err(|e| Error::Internal(format!("undecodable snapshot: {e}")))?;
         if snapshot.version != FORMAT_VERSION {
             return Err(Error::Internal(format!(
                 "snapshot format {} is not supported by this version (expects {FORMAT_VERSION})",
@@ -150,9 +170,17 @@ impl Snapshot {
             };
             let mut keys: HashMap<String, Arc<str>> = HashMap::new();
             for (id, segment, offset, publish_ns, key) in log.entries {
-                let ordering_key = keys.entry(key).or_insert_with_key(|k| Arc::from(k.as_str())).clone();
+                let ordering_key = keys
+                    .entry(key)
+                    .or_insert_with_key(|k| Arc::from(k.as_str()))
+                    .clone();
                 let pos = RecordPos { segment, offset };
-                data.log.push(Entry { id, pos, publish_time: from_ns(publish_ns), ordering_key });
+                data.log.push(Entry {
+                    id,
+                    pos,
+                    publish_time: from_ns(publish_ns),
+                    ordering_key,
+                });
                 *state.live_per_segment.entry(segment).or_default() += 1;
             }
             for (key, id, at_ns) in log.dedup {
@@ -163,20 +191,38 @@ impl Snapshot {
         }
         for record in self.topics {
             let topic = record.to_topic()?;
-            state.topics.insert(topic.name.clone(), TopicMeta { id: record.topic_id, topic });
+            state.topics.insert(
+                topic.name.clone(),
+                TopicMeta {
+                    id: record.topic_id,
+                    topic,
+                },
+            );
         }
         for sub in self.subscriptions {
             let r = sub.record;
-            let topic_name = state.topics.values().find(|m| m.id == r.topic_id).map(|m| m.topic.name.clone());
+            let topic_name = state
+                .topics
+                .values()
+                .find(|m| m.id == r.topic_id)
+                .map(|m| m.topic.name.clone());
             let settings = r.to_subscription(topic_name)?;
-            let mut s = SubscriptionState::new(r.subscription_id, settings, r.topic_id, r.start_after, now)?;
+            let mut s = SubscriptionState::new(
+                r.subscription_id,
+                settings,
+                r.topic_id,
+                r.start_after,
+                now,
+            )?;
             s.restore_progress(sub.floor, sub.done.into_iter().collect::<BTreeSet<_>>());
             let data = state.logs.entry(r.topic_id).or_default();
             data.readers.insert(r.subscription_id);
             if !r.detached && !r.topic_deleted {
                 data.attached.insert(r.subscription_id);
             }
-            state.subscription_names.insert(r.subscription_id, s.settings.name.clone());
+            state
+                .subscription_names
+                .insert(r.subscription_id, s.settings.name.clone());
             state.subscriptions.insert(s.settings.name.clone(), s);
         }
         Ok(state)

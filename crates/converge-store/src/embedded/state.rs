@@ -83,7 +83,11 @@ impl State {
                     data.deleted = true;
                     data.attached.clear();
                 }
-                for sub in self.subscriptions.values_mut().filter(|s| s.log_id == topic_id) {
+                for sub in self
+                    .subscriptions
+                    .values_mut()
+                    .filter(|s| s.log_id == topic_id)
+                {
                     sub.settings.topic = None;
                 }
                 self.drop_log_if_unused(topic_id);
@@ -104,7 +108,10 @@ impl State {
                 }
                 Ok(())
             }
-            Record::SubscriptionDetached { subscription_id, upto } => {
+            Record::SubscriptionDetached {
+                subscription_id,
+                upto,
+            } => {
                 let Some(name) = self.subscription_names.get(&subscription_id) else {
                     return Ok(());
                 };
@@ -119,12 +126,19 @@ impl State {
                 Ok(())
             }
             Record::Message(m) => self.apply_message(m, pos),
-            Record::Done { subscription_id, ids } => {
+            Record::Done {
+                subscription_id,
+                ids,
+            } => {
                 let Some(name) = self.subscription_names.get(&subscription_id) else {
                     return Ok(());
                 };
-                let Some(sub) = self.subscriptions.get_mut(name) else { return Ok(()) };
-                let Some(data) = self.logs.get(&sub.log_id) else { return Ok(()) };
+                let Some(sub) = self.subscriptions.get_mut(name) else {
+                    return Ok(());
+                };
+                let Some(data) = self.logs.get(&sub.log_id) else {
+                    return Ok(());
+                };
                 for id in ids {
                     sub.complete(&data.log, id, now);
                 }
@@ -140,20 +154,37 @@ impl State {
         data.retention = topic.message_retention;
         data.dedup_window = topic.dedup_window;
         self.next_resource_id = self.next_resource_id.max(t.topic_id);
-        self.topics.insert(topic.name.clone(), TopicMeta { id: t.topic_id, topic });
+        self.topics.insert(
+            topic.name.clone(),
+            TopicMeta {
+                id: t.topic_id,
+                topic,
+            },
+        );
         Ok(())
     }
 
     fn apply_subscription_put(&mut self, s: SubscriptionRecord, now: SystemTime) -> Result<()> {
-        let topic_name = self.topics.values().find(|m| m.id == s.topic_id).map(|m| m.topic.name.clone());
+        let topic_name = self
+            .topics
+            .values()
+            .find(|m| m.id == s.topic_id)
+            .map(|m| m.topic.name.clone());
         let settings = s.to_subscription(topic_name)?;
         self.next_resource_id = self.next_resource_id.max(s.subscription_id);
         let name = settings.name.clone();
         match self.subscriptions.get_mut(&name) {
             Some(existing) if existing.id == s.subscription_id => existing.update(settings),
             _ => {
-                let state = SubscriptionState::new(s.subscription_id, settings, s.topic_id, s.start_after, now)?;
-                self.subscription_names.insert(s.subscription_id, name.clone());
+                let state = SubscriptionState::new(
+                    s.subscription_id,
+                    settings,
+                    s.topic_id,
+                    s.start_after,
+                    now,
+                )?;
+                self.subscription_names
+                    .insert(s.subscription_id, name.clone());
                 self.subscriptions.insert(name, state);
             }
         }
@@ -168,21 +199,36 @@ impl State {
     fn apply_message(&mut self, m: MessageRecord, pos: RecordPos) -> Result<()> {
         self.next_message_id = self.next_message_id.max(m.id + 1);
         let Some(data) = self.logs.get_mut(&m.topic_id) else {
-            return Err(Error::Internal(format!("message {} for unknown topic {}", m.id, m.topic_id)));
+            return Err(Error::Internal(format!(
+                "message {} for unknown topic {}",
+                m.id, m.topic_id
+            )));
         };
         let publish_time = from_ns(m.publish_time_ns);
-        if let Some((_, key)) = m.attributes.iter().find(|(k, v)| k == IDEMPOTENCY_KEY_ATTRIBUTE && !v.is_empty()) {
+        if let Some((_, key)) = m
+            .attributes
+            .iter()
+            .find(|(k, v)| k == IDEMPOTENCY_KEY_ATTRIBUTE && !v.is_empty())
+        {
             data.dedup.insert(key.clone(), (m.id, publish_time));
             data.dedup_order.push_back((publish_time, key.clone()));
         }
-        data.log.push(Entry { id: m.id, pos, publish_time, ordering_key: Arc::from(m.ordering_key.as_str()) });
+        data.log.push(Entry {
+            id: m.id,
+            pos,
+            publish_time,
+            ordering_key: Arc::from(m.ordering_key.as_str()),
+        });
         *self.live_per_segment.entry(pos.segment).or_default() += 1;
         Ok(())
     }
 
     /// Forgets a deleted topic's log once no subscription reads it.
     fn drop_log_if_unused(&mut self, topic_id: u64) {
-        let unused = self.logs.get(&topic_id).is_some_and(|d| d.deleted && d.readers.is_empty());
+        let unused = self
+            .logs
+            .get(&topic_id)
+            .is_some_and(|d| d.deleted && d.readers.is_empty());
         if !unused {
             return;
         }
@@ -194,8 +240,14 @@ impl State {
     }
 
     /// The log id and state of a subscription, split borrows for delivery work.
-    pub fn subscription_mut(&mut self, name: &SubscriptionName) -> Result<(&mut SubscriptionState, &TopicData)> {
-        let sub = self.subscriptions.get_mut(name).ok_or_else(|| not_found(&name.to_string()))?;
+    pub fn subscription_mut(
+        &mut self,
+        name: &SubscriptionName,
+    ) -> Result<(&mut SubscriptionState, &TopicData)> {
+        let sub = self
+            .subscriptions
+            .get_mut(name)
+            .ok_or_else(|| not_found(&name.to_string()))?;
         let data = self
             .logs
             .get(&sub.log_id)
@@ -221,5 +273,7 @@ pub fn not_found(name: &str) -> Error {
 
 /// The real service's wording for a name that is taken.
 pub fn already_exists(name: &str) -> Error {
-    Error::AlreadyExists(format!("Resource already exists in the project (resource={name})."))
+    Error::AlreadyExists(format!(
+        "Resource already exists in the project (resource={name})."
+    ))
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use converge_core::retry::RetrySchedule;
 use converge_core::{
-    DeadLetterPolicy, Error, ManualClock, NewMessage, ProjectId, ReceivedMessage, Store, Subscription,
-    SubscriptionName, Topic, TopicName,
+    DeadLetterPolicy, Error, ManualClock, NewMessage, ProjectId, ReceivedMessage, Store,
+    Subscription, SubscriptionName, Topic, TopicName,
 };
 
 use super::{Durability, EmbeddedOptions, EmbeddedStore};
@@ -56,13 +56,19 @@ fn subscription(id: &str, topic: &str) -> Subscription {
 }
 
 fn msg(data: &str) -> NewMessage {
-    NewMessage { data: Bytes::from(data.to_string()), ..Default::default() }
+    NewMessage {
+        data: Bytes::from(data.to_string()),
+        ..Default::default()
+    }
 }
 
 fn msg_with(data: &str, attrs: &[(&str, &str)], key: &str) -> NewMessage {
     NewMessage {
         data: Bytes::from(data.to_string()),
-        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ordering_key: key.to_string(),
     }
 }
@@ -76,27 +82,44 @@ struct Fixture {
 fn open_memory() -> Fixture {
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     let store = EmbeddedStore::open(EmbeddedOptions::default(), Arc::new(clock.clone())).unwrap();
-    Fixture { store, clock, _dir: None }
+    Fixture {
+        store,
+        clock,
+        _dir: None,
+    }
 }
 
 fn open_disk(dir: &std::path::Path, clock: &ManualClock) -> EmbeddedStore {
-    let options = EmbeddedOptions { dir: Some(dir.to_path_buf()), durability: Durability::Fsync };
+    let options = EmbeddedOptions {
+        dir: Some(dir.to_path_buf()),
+        durability: Durability::Fsync,
+    };
     EmbeddedStore::open(options, Arc::new(clock.clone())).unwrap()
 }
 
 fn fixtures() -> Vec<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-    let disk = Fixture { store: open_disk(dir.path(), &clock), clock, _dir: Some(dir) };
+    let disk = Fixture {
+        store: open_disk(dir.path(), &clock),
+        clock,
+        _dir: Some(dir),
+    };
     vec![open_memory(), disk]
 }
 
 fn data(received: &[ReceivedMessage]) -> Vec<String> {
-    received.iter().map(|r| String::from_utf8(r.message.data.to_vec()).unwrap()).collect()
+    received
+        .iter()
+        .map(|r| String::from_utf8(r.message.data.to_vec()).unwrap())
+        .collect()
 }
 
 async fn pull_now(store: &EmbeddedStore, sub: &str) -> Vec<ReceivedMessage> {
-    store.pull(&sub_name(sub), 100, Duration::ZERO).await.unwrap()
+    store
+        .pull(&sub_name(sub), 100, Duration::ZERO)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -104,23 +127,54 @@ async fn publish_pull_ack_and_fan_out() {
     for f in fixtures() {
         let s = &f.store;
         s.create_topic(topic("orders")).await.unwrap();
-        s.publish(&topic_name("orders"), vec![msg("before")]).await.unwrap();
-        s.create_subscription(subscription("sub-a", "orders")).await.unwrap();
-        s.create_subscription(subscription("sub-b", "orders")).await.unwrap();
-        let ids = s.publish(&topic_name("orders"), vec![msg("one"), msg("two")]).await.unwrap();
+        s.publish(&topic_name("orders"), vec![msg("before")])
+            .await
+            .unwrap();
+        s.create_subscription(subscription("sub-a", "orders"))
+            .await
+            .unwrap();
+        s.create_subscription(subscription("sub-b", "orders"))
+            .await
+            .unwrap();
+        let ids = s
+            .publish(&topic_name("orders"), vec![msg("one"), msg("two")])
+            .await
+            .unwrap();
         assert!(ids[0] < ids[1]);
 
         let a = pull_now(s, "sub-a").await;
-        assert_eq!(data(&a), ["one", "two"], "a subscription sees only what was published after it");
+        assert_eq!(
+            data(&a),
+            ["one", "two"],
+            "a subscription sees only what was published after it"
+        );
         assert_eq!(a[0].message.id, ids[0]);
-        assert_eq!(a[0].delivery_attempt, 0, "no dead-letter policy: attempt is 0");
+        assert_eq!(
+            a[0].delivery_attempt, 0,
+            "no dead-letter policy: attempt is 0"
+        );
         assert_eq!(data(&pull_now(s, "sub-b").await), ["one", "two"], "fan-out");
-        assert!(pull_now(s, "sub-a").await.is_empty(), "leased messages are not delivered twice");
+        assert!(
+            pull_now(s, "sub-a").await.is_empty(),
+            "leased messages are not delivered twice"
+        );
 
-        s.acknowledge(&sub_name("sub-a"), &[a[0].ack_id.clone(), a[1].ack_id.clone()]).await.unwrap();
+        s.acknowledge(
+            &sub_name("sub-a"),
+            &[a[0].ack_id.clone(), a[1].ack_id.clone()],
+        )
+        .await
+        .unwrap();
         f.clock.advance(Duration::from_secs(11));
-        assert!(pull_now(s, "sub-a").await.is_empty(), "acknowledged messages never come back");
-        assert_eq!(data(&pull_now(s, "sub-b").await), ["one", "two"], "expired leases are delivered again");
+        assert!(
+            pull_now(s, "sub-a").await.is_empty(),
+            "acknowledged messages never come back"
+        );
+        assert_eq!(
+            data(&pull_now(s, "sub-b").await),
+            ["one", "two"],
+            "expired leases are delivered again"
+        );
     }
 }
 
@@ -129,27 +183,61 @@ async fn nack_and_retry_backoff() {
     for f in fixtures() {
         let s = &f.store;
         s.create_topic(topic("top1")).await.unwrap();
-        s.create_subscription(subscription("now", "top1")).await.unwrap();
+        s.create_subscription(subscription("now", "top1"))
+            .await
+            .unwrap();
         let mut backoff = subscription("later", "top1");
-        backoff.retry = Some(RetrySchedule::from_policy(Some(Duration::from_secs(10)), Some(Duration::from_secs(600))).unwrap());
+        backoff.retry = Some(
+            RetrySchedule::from_policy(
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_secs(600)),
+            )
+            .unwrap(),
+        );
         s.create_subscription(backoff).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("m")]).await.unwrap();
+        s.publish(&topic_name("top1"), vec![msg("m")])
+            .await
+            .unwrap();
 
         let got = pull_now(s, "now").await;
-        s.modify_ack_deadline(&sub_name("now"), &[got[0].ack_id.clone()], Duration::ZERO).await.unwrap();
-        assert_eq!(data(&pull_now(s, "now").await), ["m"], "no retry policy: a nack redelivers at once");
+        s.modify_ack_deadline(&sub_name("now"), &[got[0].ack_id.clone()], Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            data(&pull_now(s, "now").await),
+            ["m"],
+            "no retry policy: a nack redelivers at once"
+        );
 
         let got = pull_now(s, "later").await;
-        s.modify_ack_deadline(&sub_name("later"), &[got[0].ack_id.clone()], Duration::ZERO).await.unwrap();
-        assert!(pull_now(s, "later").await.is_empty(), "with a retry policy the message waits");
+        s.modify_ack_deadline(&sub_name("later"), &[got[0].ack_id.clone()], Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(
+            pull_now(s, "later").await.is_empty(),
+            "with a retry policy the message waits"
+        );
         f.clock.advance(Duration::from_secs(10));
-        assert_eq!(data(&pull_now(s, "later").await), ["m"], "and comes back after the backoff");
+        assert_eq!(
+            data(&pull_now(s, "later").await),
+            ["m"],
+            "and comes back after the backoff"
+        );
         // A stale ack id (from the first delivery) has no effect.
-        s.acknowledge(&sub_name("later"), &[got[0].ack_id.clone()]).await.unwrap();
+        s.acknowledge(&sub_name("later"), &[got[0].ack_id.clone()])
+            .await
+            .unwrap();
         f.clock.advance(Duration::from_secs(11));
-        assert!(pull_now(s, "later").await.is_empty(), "an expired lease also waits for the backoff");
+        assert!(
+            pull_now(s, "later").await.is_empty(),
+            "an expired lease also waits for the backoff"
+        );
         f.clock.advance(Duration::from_secs(600));
-        assert_eq!(data(&pull_now(s, "later").await), ["m"], "a stale ack did not acknowledge");
+        assert_eq!(
+            data(&pull_now(s, "later").await),
+            ["m"],
+            "a stale ack did not acknowledge"
+        );
     }
 }
 
@@ -158,16 +246,32 @@ async fn extends_and_shortens_leases() {
     for f in fixtures() {
         let s = &f.store;
         s.create_topic(topic("top1")).await.unwrap();
-        s.create_subscription(subscription("sub1", "top1")).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("m")]).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("top1"), vec![msg("m")])
+            .await
+            .unwrap();
         let got = pull_now(s, "sub1").await;
-        s.modify_ack_deadline(&sub_name("sub1"), &[got[0].ack_id.clone()], Duration::from_secs(60)).await.unwrap();
+        s.modify_ack_deadline(
+            &sub_name("sub1"),
+            &[got[0].ack_id.clone()],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         f.clock.advance(Duration::from_secs(30));
-        assert!(pull_now(s, "sub1").await.is_empty(), "an extended lease holds past the ack deadline");
+        assert!(
+            pull_now(s, "sub1").await.is_empty(),
+            "an extended lease holds past the ack deadline"
+        );
         f.clock.advance(Duration::from_secs(31));
         let again = pull_now(s, "sub1").await;
         assert_eq!(data(&again), ["m"]);
-        assert_ne!(again[0].ack_id, got[0].ack_id, "each delivery has its own ack id");
+        assert_ne!(
+            again[0].ack_id, got[0].ack_id,
+            "each delivery has its own ack id"
+        );
     }
 }
 
@@ -177,20 +281,39 @@ async fn dead_letters_after_max_attempts() {
         let s = &f.store;
         s.create_topic(topic("work")).await.unwrap();
         s.create_topic(topic("dead")).await.unwrap();
-        s.create_subscription(subscription("dead-sub", "dead")).await.unwrap();
+        s.create_subscription(subscription("dead-sub", "dead"))
+            .await
+            .unwrap();
         let mut sub = subscription("worker", "work");
         sub.dead_letter_policy = Some(DeadLetterPolicy::new(topic_name("dead"), 5).unwrap());
         s.create_subscription(sub).await.unwrap();
-        s.publish(&topic_name("work"), vec![msg_with("poison", &[("k", "v")], "")]).await.unwrap();
+        s.publish(
+            &topic_name("work"),
+            vec![msg_with("poison", &[("k", "v")], "")],
+        )
+        .await
+        .unwrap();
 
         for attempt in 1..=5 {
             let got = pull_now(s, "worker").await;
             assert_eq!(got.len(), 1, "attempt {attempt}");
             assert_eq!(got[0].delivery_attempt, attempt);
-            s.modify_ack_deadline(&sub_name("worker"), &[got[0].ack_id.clone()], Duration::ZERO).await.unwrap();
+            s.modify_ack_deadline(
+                &sub_name("worker"),
+                &[got[0].ack_id.clone()],
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
         }
-        assert!(pull_now(s, "worker").await.is_empty(), "after 5 attempts the message left the subscription");
-        let dead = s.pull(&sub_name("dead-sub"), 10, Duration::from_secs(2)).await.unwrap();
+        assert!(
+            pull_now(s, "worker").await.is_empty(),
+            "after 5 attempts the message left the subscription"
+        );
+        let dead = s
+            .pull(&sub_name("dead-sub"), 10, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert_eq!(data(&dead), ["poison"]);
         let attrs = &dead[0].message.attributes;
         assert_eq!(attrs["k"], "v");
@@ -209,7 +332,11 @@ async fn filters_acknowledge_what_they_reject() {
         s.create_subscription(sub).await.unwrap();
         s.publish(
             &topic_name("top1"),
-            vec![msg_with("us", &[("region", "us")], ""), msg_with("eu", &[("region", "eu")], ""), msg("none")],
+            vec![
+                msg_with("us", &[("region", "us")], ""),
+                msg_with("eu", &[("region", "eu")], ""),
+                msg("none"),
+            ],
         )
         .await
         .unwrap();
@@ -227,20 +354,46 @@ async fn ordering_keys_deliver_one_at_a_time_in_order() {
         let mut sub = subscription("ordered", "top1");
         sub.enable_message_ordering = true;
         s.create_subscription(sub).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg_with("a1", &[], "a"), msg_with("a2", &[], "a")]).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg_with("b1", &[], "b"), msg_with("a3", &[], "a")]).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("free")]).await.unwrap();
+        s.publish(
+            &topic_name("top1"),
+            vec![msg_with("a1", &[], "a"), msg_with("a2", &[], "a")],
+        )
+        .await
+        .unwrap();
+        s.publish(
+            &topic_name("top1"),
+            vec![msg_with("b1", &[], "b"), msg_with("a3", &[], "a")],
+        )
+        .await
+        .unwrap();
+        s.publish(&topic_name("top1"), vec![msg("free")])
+            .await
+            .unwrap();
 
         let first = pull_now(s, "ordered").await;
-        assert_eq!(data(&first), ["a1", "b1", "free"], "one message per key in flight");
+        assert_eq!(
+            data(&first),
+            ["a1", "b1", "free"],
+            "one message per key in flight"
+        );
         let a1 = first[0].ack_id.clone();
-        s.modify_ack_deadline(&sub_name("ordered"), &[a1], Duration::ZERO).await.unwrap();
+        s.modify_ack_deadline(&sub_name("ordered"), &[a1], Duration::ZERO)
+            .await
+            .unwrap();
         let again = pull_now(s, "ordered").await;
-        assert_eq!(data(&again), ["a1"], "a nack redelivers the head of the key, not what follows");
-        s.acknowledge(&sub_name("ordered"), &[again[0].ack_id.clone()]).await.unwrap();
+        assert_eq!(
+            data(&again),
+            ["a1"],
+            "a nack redelivers the head of the key, not what follows"
+        );
+        s.acknowledge(&sub_name("ordered"), &[again[0].ack_id.clone()])
+            .await
+            .unwrap();
         let next = pull_now(s, "ordered").await;
         assert_eq!(data(&next), ["a2"]);
-        s.acknowledge(&sub_name("ordered"), &[next[0].ack_id.clone()]).await.unwrap();
+        s.acknowledge(&sub_name("ordered"), &[next[0].ack_id.clone()])
+            .await
+            .unwrap();
         assert_eq!(data(&pull_now(s, "ordered").await), ["a3"]);
     }
 }
@@ -250,16 +403,38 @@ async fn idempotency_keys_store_a_message_once() {
     for f in fixtures() {
         let s = &f.store;
         s.create_topic(topic("top1")).await.unwrap();
-        s.create_subscription(subscription("sub1", "top1")).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1"))
+            .await
+            .unwrap();
         let keyed = |d: &str| msg_with(d, &[("converge-idempotency-key", "order-42")], "");
-        let first = s.publish(&topic_name("top1"), vec![keyed("x")]).await.unwrap();
-        let again = s.publish(&topic_name("top1"), vec![keyed("x"), keyed("x")]).await.unwrap();
-        assert_eq!(again, vec![first[0], first[0]], "a repeated key returns the original id");
-        assert_eq!(pull_now(s, "sub1").await.len(), 1, "and delivers nothing new");
+        let first = s
+            .publish(&topic_name("top1"), vec![keyed("x")])
+            .await
+            .unwrap();
+        let again = s
+            .publish(&topic_name("top1"), vec![keyed("x"), keyed("x")])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            vec![first[0], first[0]],
+            "a repeated key returns the original id"
+        );
+        assert_eq!(
+            pull_now(s, "sub1").await.len(),
+            1,
+            "and delivers nothing new"
+        );
         f.clock.advance(Duration::from_secs(3601));
         s.maintain().await.unwrap();
-        let later = s.publish(&topic_name("top1"), vec![keyed("x")]).await.unwrap();
-        assert_ne!(later[0], first[0], "outside the window the key is new again");
+        let later = s
+            .publish(&topic_name("top1"), vec![keyed("x")])
+            .await
+            .unwrap();
+        assert_ne!(
+            later[0], first[0],
+            "outside the window the key is new again"
+        );
     }
 }
 
@@ -274,22 +449,43 @@ async fn retention_expiration_and_detach() {
         let mut expiring = subscription("expiring", "top1");
         expiring.expiration_ttl = Some(Duration::from_secs(86_400));
         s.create_subscription(expiring).await.unwrap();
-        s.create_subscription(subscription("detached", "top1")).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("old")]).await.unwrap();
+        s.create_subscription(subscription("detached", "top1"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("top1"), vec![msg("old")])
+            .await
+            .unwrap();
 
         f.clock.advance(Duration::from_secs(601));
         s.maintain().await.unwrap();
-        assert!(pull_now(s, "short").await.is_empty(), "messages older than the retention are gone");
+        assert!(
+            pull_now(s, "short").await.is_empty(),
+            "messages older than the retention are gone"
+        );
 
         f.clock.advance(Duration::from_secs(86_400));
         s.maintain().await.unwrap();
-        assert!(matches!(s.get_subscription(&sub_name("expiring")).await, Err(Error::NotFound(_))));
+        assert!(matches!(
+            s.get_subscription(&sub_name("expiring")).await,
+            Err(Error::NotFound(_))
+        ));
 
         s.detach_subscription(&sub_name("detached")).await.unwrap();
-        let err = s.pull(&sub_name("detached"), 1, Duration::ZERO).await.unwrap_err();
+        let err = s
+            .pull(&sub_name("detached"), 1, Duration::ZERO)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
-        assert!(s.get_subscription(&sub_name("detached")).await.unwrap().detached);
-        let page = s.list_topic_subscriptions(&topic_name("top1"), Default::default()).await.unwrap();
+        assert!(
+            s.get_subscription(&sub_name("detached"))
+                .await
+                .unwrap()
+                .detached
+        );
+        let page = s
+            .list_topic_subscriptions(&topic_name("top1"), Default::default())
+            .await
+            .unwrap();
         assert_eq!(page.items, vec![sub_name("short")]);
     }
 }
@@ -299,15 +495,27 @@ async fn deleting_a_topic_leaves_its_subscriptions_readable() {
     for f in fixtures() {
         let s = &f.store;
         s.create_topic(topic("top1")).await.unwrap();
-        s.create_subscription(subscription("sub1", "top1")).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("kept")]).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("top1"), vec![msg("kept")])
+            .await
+            .unwrap();
         s.delete_topic(&topic_name("top1")).await.unwrap();
-        assert_eq!(s.get_subscription(&sub_name("sub1")).await.unwrap().topic, None);
-        assert!(matches!(s.publish(&topic_name("top1"), vec![msg("x")]).await, Err(Error::NotFound(_))));
+        assert_eq!(
+            s.get_subscription(&sub_name("sub1")).await.unwrap().topic,
+            None
+        );
+        assert!(matches!(
+            s.publish(&topic_name("top1"), vec![msg("x")]).await,
+            Err(Error::NotFound(_))
+        ));
         assert_eq!(data(&pull_now(s, "sub1").await), ["kept"]);
         // A new topic with the same name does not feed the old subscription.
         s.create_topic(topic("top1")).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("new")]).await.unwrap();
+        s.publish(&topic_name("top1"), vec![msg("new")])
+            .await
+            .unwrap();
         f.clock.advance(Duration::from_secs(11));
         assert_eq!(data(&pull_now(s, "sub1").await), ["kept"]);
     }
@@ -318,13 +526,25 @@ async fn errors_name_the_resource() {
     let f = open_memory();
     let s = &f.store;
     let err = s.get_topic(&topic_name("nope")).await.unwrap_err();
-    assert_eq!(err, Error::NotFound("Resource not found (resource=projects/p/topics/nope).".into()));
+    assert_eq!(
+        err,
+        Error::NotFound("Resource not found (resource=projects/p/topics/nope).".into())
+    );
     s.create_topic(topic("top1")).await.unwrap();
-    assert!(matches!(s.create_topic(topic("top1")).await, Err(Error::AlreadyExists(_))));
-    assert!(matches!(s.create_subscription(subscription("sub1", "nope")).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        s.create_topic(topic("top1")).await,
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        s.create_subscription(subscription("sub1", "nope")).await,
+        Err(Error::NotFound(_))
+    ));
     let mut bad = subscription("sub1", "top1");
     bad.filter = "attributes.x = ".into();
-    assert!(matches!(s.create_subscription(bad).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        s.create_subscription(bad).await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]
@@ -334,15 +554,40 @@ async fn lists_page_through_names() {
     for i in 0..5 {
         s.create_topic(topic(&format!("topic-{i}"))).await.unwrap();
     }
-    let other = Topic { name: TopicName::new(ProjectId::new("other").unwrap(), "topic-x").unwrap(), ..topic("xxx") };
+    let other = Topic {
+        name: TopicName::new(ProjectId::new("other").unwrap(), "topic-x").unwrap(),
+        ..topic("xxx")
+    };
     s.create_topic(other).await.unwrap();
-    let first = s.list_topics(&project(), converge_core::PageRequest { page_size: 2, page_token: String::new() }).await.unwrap();
+    let first = s
+        .list_topics(
+            &project(),
+            converge_core::PageRequest {
+                page_size: 2,
+                page_token: String::new(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(first.items.len(), 2);
     assert!(!first.next_page_token.is_empty());
-    let mut all: Vec<String> = first.items.iter().map(|t| t.name.id().to_string()).collect();
+    let mut all: Vec<String> = first
+        .items
+        .iter()
+        .map(|t| t.name.id().to_string())
+        .collect();
     let mut token = first.next_page_token;
     while !token.is_empty() {
-        let next = s.list_topics(&project(), converge_core::PageRequest { page_size: 2, page_token: token }).await.unwrap();
+        let next = s
+            .list_topics(
+                &project(),
+                converge_core::PageRequest {
+                    page_size: 2,
+                    page_token: token,
+                },
+            )
+            .await
+            .unwrap();
         all.extend(next.items.iter().map(|t| t.name.id().to_string()));
         token = next.next_page_token;
     }
@@ -354,14 +599,22 @@ async fn long_poll_wakes_on_publish() {
     let f = open_memory();
     let s = f.store.clone();
     s.create_topic(topic("top1")).await.unwrap();
-    s.create_subscription(subscription("sub1", "top1")).await.unwrap();
+    s.create_subscription(subscription("sub1", "top1"))
+        .await
+        .unwrap();
     let waiter = tokio::spawn({
         let s = s.clone();
         async move { s.pull(&sub_name("sub1"), 10, Duration::from_secs(30)).await }
     });
     tokio::task::yield_now().await;
-    s.publish(&topic_name("top1"), vec![msg("wake")]).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("woken").unwrap().unwrap();
+    s.publish(&topic_name("top1"), vec![msg("wake")])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken")
+        .unwrap()
+        .unwrap();
     assert_eq!(data(&got), ["wake"]);
 }
 
@@ -372,16 +625,29 @@ async fn a_restart_keeps_data_and_redelivers_unacknowledged_messages() {
     {
         let s = open_disk(dir.path(), &clock);
         s.create_topic(topic("top1")).await.unwrap();
-        s.create_subscription(subscription("sub1", "top1")).await.unwrap();
-        s.publish(&topic_name("top1"), vec![msg("acked"), msg("pending")]).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("top1"), vec![msg("acked"), msg("pending")])
+            .await
+            .unwrap();
         let got = pull_now(&s, "sub1").await;
-        s.acknowledge(&sub_name("sub1"), &[got[0].ack_id.clone()]).await.unwrap();
+        s.acknowledge(&sub_name("sub1"), &[got[0].ack_id.clone()])
+            .await
+            .unwrap();
         s.close().await.unwrap();
     }
     let s = open_disk(dir.path(), &clock);
     assert!(s.get_topic(&topic_name("top1")).await.is_ok());
-    assert_eq!(data(&pull_now(&s, "sub1").await), ["pending"], "leases are forgotten, acks are not");
-    let next = s.publish(&topic_name("top1"), vec![msg("after")]).await.unwrap();
+    assert_eq!(
+        data(&pull_now(&s, "sub1").await),
+        ["pending"],
+        "leases are forgotten, acks are not"
+    );
+    let next = s
+        .publish(&topic_name("top1"), vec![msg("after")])
+        .await
+        .unwrap();
     assert_eq!(data(&pull_now(&s, "sub1").await), ["after"]);
     assert!(next[0].0 > 2, "message ids keep increasing across restarts");
 }
@@ -391,32 +657,54 @@ async fn snapshots_reclaim_space_and_keep_what_is_unacknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     let open = || {
-        let options = EmbeddedOptions { dir: Some(dir.path().to_path_buf()), durability: Durability::Fsync };
+        let options = EmbeddedOptions {
+            dir: Some(dir.path().to_path_buf()),
+            durability: Durability::Fsync,
+        };
         EmbeddedStore::open_with_segment_bytes(options, Arc::new(clock.clone()), 64 * 1024).unwrap()
     };
     let payload = "x".repeat(1024);
     {
         let s = open();
         s.create_topic(topic("top1")).await.unwrap();
-        s.create_subscription(subscription("sub1", "top1")).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1"))
+            .await
+            .unwrap();
         for _ in 0..40 {
             let batch = (0..10).map(|_| msg(&payload)).collect();
             s.publish(&topic_name("top1"), batch).await.unwrap();
-            let got = s.pull(&sub_name("sub1"), 100, Duration::ZERO).await.unwrap();
+            let got = s
+                .pull(&sub_name("sub1"), 100, Duration::ZERO)
+                .await
+                .unwrap();
             let ids = got.iter().map(|r| r.ack_id.clone()).collect::<Vec<_>>();
             s.acknowledge(&sub_name("sub1"), &ids).await.unwrap();
         }
-        s.publish(&topic_name("top1"), vec![msg("unacked-1"), msg("unacked-2")]).await.unwrap();
+        s.publish(
+            &topic_name("top1"),
+            vec![msg("unacked-1"), msg("unacked-2")],
+        )
+        .await
+        .unwrap();
         let before = s.disk_bytes();
         assert!(before > 400 * 1024, "400 KiB were written: {before}");
         s.maintain().await.unwrap();
         let after = s.disk_bytes();
-        assert!(after < 128 * 1024, "acknowledged segments were deleted: {before} -> {after}");
+        assert!(
+            after < 128 * 1024,
+            "acknowledged segments were deleted: {before} -> {after}"
+        );
         s.close().await.unwrap();
     }
     let s = open();
     let got = pull_now(&s, "sub1").await;
-    assert_eq!(data(&got), ["unacked-1", "unacked-2"], "the snapshot kept what was not acknowledged, and only that");
-    s.publish(&topic_name("top1"), vec![msg("after")]).await.unwrap();
+    assert_eq!(
+        data(&got),
+        ["unacked-1", "unacked-2"],
+        "the snapshot kept what was not acknowledged, and only that"
+    );
+    s.publish(&topic_name("top1"), vec![msg("after")])
+        .await
+        .unwrap();
     assert_eq!(data(&pull_now(&s, "sub1").await), ["after"]);
 }

@@ -32,7 +32,10 @@ pub struct TopicLog {
 impl TopicLog {
     /// Appends a message; ids must increase.
     pub fn push(&mut self, entry: Entry) {
-        debug_assert!(self.entries.back().is_none_or(|last| last.id < entry.id), "ids must increase");
+        debug_assert!(
+            self.entries.back().is_none_or(|last| last.id < entry.id),
+            "ids must increase"
+        );
         self.entries.push_back(entry);
     }
 
@@ -97,7 +100,10 @@ mod tests {
     fn entry(id: u64) -> Entry {
         Entry {
             id,
-            pos: RecordPos { segment: 0, offset: id },
+            pos: RecordPos {
+                segment: 0,
+                offset: id,
+            },
             publish_time: SystemTime::UNIX_EPOCH,
             ordering_key: Arc::from(""),
         }
@@ -116,7 +122,10 @@ mod tests {
         assert!(log.get(5).is_none());
         assert_eq!(log.get(8).unwrap().id, 8);
         assert_eq!(log.count_after(7), 2);
-        assert_eq!(log.iter_after(7).map(|e| e.id).collect::<Vec<_>>(), vec![8, 20]);
+        assert_eq!(
+            log.iter_after(7).map(|e| e.id).collect::<Vec<_>>(),
+            vec![8, 20]
+        );
         log.pop_front();
         assert_eq!(log.count_after(0), 3);
     }

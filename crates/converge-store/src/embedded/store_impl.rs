@@ -1,0 +1,569 @@
+//! The `Store` trait on the embedded engine: each operation takes the state lock, queues its
+//! records, applies them, releases the lock, then waits for durability.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use converge_core::store::SubscriptionStats;
+use converge_core::{
+    AckId, Error, MessageId, NewMessage, Page, PageRequest, ProjectId, ReceivedMessage, Result,
+    Store, Subscription, SubscriptionName, Topic, TopicName,
+};
+
+use super::delivery::{self, AckRef};
+use super::record::{MessageRecord, Record, SubscriptionRecord, TopicRecord};
+use super::state::{already_exists, not_found};
+use super::{DEFAULT_PAGE_SIZE, EmbeddedStore, MAX_PAGE_SIZE, notifies_for};
+
+fn page<T, K: Clone + ToString>(
+    items: impl Iterator<Item = (K, T)>,
+    page: &PageRequest,
+) -> Page<T> {
+    let size = match page.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    for (key, item) in items {
+        let key_text = key.to_string();
+        if !page.page_token.is_empty() && key_text.as_str() <= page.page_token.as_str() {
+            continue;
+        }
+        if out.len() == size {
+            more = true;
+            break;
+        }
+        last = Some(key_text);
+        out.push(item);
+    }
+    Page {
+        items: out,
+        next_page_token: if more {
+            last.unwrap_or_default()
+        } else {
+            String::new()
+        },
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_topic(&self, topic: Topic) -> Result<Topic> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            if state.topics.contains_key(&topic.name) {
+                return Err(already_exists(&topic.name.to_string()));
+            }
+            let id = state.allocate_id();
+            let now = inner.clock.now();
+            inner.commit(
+                &mut state,
+                vec![Record::TopicPut(TopicRecord::from_topic(id, &topic))],
+                now,
+            )?
+        };
+        durable.await?;
+        tracing::debug!(topic = %topic.name, "topic created");
+        Ok(topic)
+    }
+
+    async fn get_topic(&self, name: &TopicName) -> Result<Topic> {
+        let state = self.inner.state.lock();
+        state
+            .topics
+            .get(name)
+            .map(|m| m.topic.clone())
+            .ok_or_else(|| not_found(&name.to_string()))
+    }
+
+    async fn update_topic(&self, topic: Topic) -> Result<Topic> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let id = state
+                .topics
+                .get(&topic.name)
+                .map(|m| m.id)
+                .ok_or_else(|| not_found(&topic.name.to_string()))?;
+            let now = inner.clock.now();
+            inner.commit(
+                &mut state,
+                vec![Record::TopicPut(TopicRecord::from_topic(id, &topic))],
+                now,
+            )?
+        };
+        durable.await?;
+        Ok(topic)
+    }
+
+    async fn list_topics(
+        &self,
+        project: &ProjectId,
+        page_request: PageRequest,
+    ) -> Result<Page<Topic>> {
+        let state = self.inner.state.lock();
+        let items = state
+            .topics
+            .iter()
+            .filter(|(name, _)| name.project() == project)
+            .map(|(name, meta)| (name.clone(), meta.topic.clone()));
+        Ok(page(items, &page_request))
+    }
+
+    async fn delete_topic(&self, name: &TopicName) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let topic_id = state
+                .topics
+                .get(name)
+                .map(|m| m.id)
+                .ok_or_else(|| not_found(&name.to_string()))?;
+            let now = inner.clock.now();
+            inner.commit(&mut state, vec![Record::TopicDeleted { topic_id }], now)?
+        };
+        durable.await
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        topic: &TopicName,
+        page_request: PageRequest,
+    ) -> Result<Page<SubscriptionName>> {
+        let state = self.inner.state.lock();
+        let meta = state
+            .topics
+            .get(topic)
+            .ok_or_else(|| not_found(&topic.to_string()))?;
+        let mut names: Vec<SubscriptionName> = state.logs[&meta.id]
+            .attached
+            .iter()
+            .filter_map(|id| state.subscription_names.get(id).cloned())
+            .collect();
+        names.sort();
+        Ok(page(
+            names.into_iter().map(|n| (n.clone(), n)),
+            &page_request,
+        ))
+    }
+
+    async fn create_subscription(&self, subscription: Subscription) -> Result<Subscription> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        delivery::parse_filter(&subscription.filter)?;
+        let (durable, created) = {
+            let mut state = inner.state.lock();
+            if state.subscriptions.contains_key(&subscription.name) {
+                return Err(already_exists(&subscription.name.to_string()));
+            }
+            let topic_name = subscription
+                .topic
+                .clone()
+                .ok_or_else(|| Error::invalid("A subscription needs a topic"))?;
+            let topic_id = state
+                .topics
+                .get(&topic_name)
+                .map(|m| m.id)
+                .ok_or_else(|| not_found(&topic_name.to_string()))?;
+            let now = inner.clock.now();
+            let mut subscription = subscription;
+            subscription.created = now;
+            subscription.detached = false;
+            let id = state.allocate_id();
+            let start_after = state.next_message_id.saturating_sub(1);
+            let record =
+                SubscriptionRecord::from_subscription(id, topic_id, start_after, &subscription);
+            (
+                inner.commit(&mut state, vec![Record::SubscriptionPut(record)], now)?,
+                subscription,
+            )
+        };
+        durable.await?;
+        tracing::debug!(subscription = %created.name, "subscription created");
+        Ok(created)
+    }
+
+    async fn get_subscription(&self, name: &SubscriptionName) -> Result<Subscription> {
+        let state = self.inner.state.lock();
+        state
+            .subscriptions
+            .get(name)
+            .map(|s| s.settings.clone())
+            .ok_or_else(|| not_found(&name.to_string()))
+    }
+
+    async fn update_subscription(&self, subscription: Subscription) -> Result<Subscription> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let (durable, updated) = {
+            let mut state = inner.state.lock();
+            let existing = state
+                .subscriptions
+                .get(&subscription.name)
+                .ok_or_else(|| not_found(&subscription.name.to_string()))?;
+            if existing.settings.filter != subscription.filter {
+                return Err(Error::invalid(
+                    "The filter of a subscription cannot be changed",
+                ));
+            }
+            let mut updated = subscription;
+            // What the store owns is not the caller's to change.
+            updated.topic = existing.settings.topic.clone();
+            updated.created = existing.settings.created;
+            updated.detached = existing.settings.detached;
+            let record = SubscriptionRecord::from_subscription(
+                existing.id,
+                existing.log_id,
+                existing.start_after,
+                &updated,
+            );
+            let now = inner.clock.now();
+            (
+                inner.commit(&mut state, vec![Record::SubscriptionPut(record)], now)?,
+                updated,
+            )
+        };
+        durable.await?;
+        Ok(updated)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        project: &ProjectId,
+        page_request: PageRequest,
+    ) -> Result<Page<Subscription>> {
+        let state = self.inner.state.lock();
+        let items = state
+            .subscriptions
+            .iter()
+            .filter(|(name, _)| name.project() == project)
+            .map(|(name, s)| (name.clone(), s.settings.clone()));
+        Ok(page(items, &page_request))
+    }
+
+    async fn delete_subscription(&self, name: &SubscriptionName) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let subscription_id = state
+                .subscriptions
+                .get(name)
+                .map(|s| s.id)
+                .ok_or_else(|| not_found(&name.to_string()))?;
+            let now = inner.clock.now();
+            inner.commit(
+                &mut state,
+                vec![Record::SubscriptionDeleted { subscription_id }],
+                now,
+            )?
+        };
+        durable.await
+    }
+
+    async fn detach_subscription(&self, name: &SubscriptionName) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let sub = state
+                .subscriptions
+                .get(name)
+                .ok_or_else(|| not_found(&name.to_string()))?;
+            if sub.settings.detached {
+                return Ok(());
+            }
+            let record = Record::SubscriptionDetached {
+                subscription_id: sub.id,
+                upto: state.next_message_id.saturating_sub(1),
+            };
+            let now = inner.clock.now();
+            inner.commit(&mut state, vec![record], now)?
+        };
+        durable.await
+    }
+
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<MessageId>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let (durable, ids, notifies, stored) = {
+            let mut state = inner.state.lock();
+            let topic_id = state
+                .topics
+                .get(topic)
+                .map(|m| m.id)
+                .ok_or_else(|| not_found(&topic.to_string()))?;
+            let now = inner.clock.now();
+            let mut ids = Vec::with_capacity(messages.len());
+            let mut records = Vec::with_capacity(messages.len());
+            let mut batch_keys: std::collections::HashMap<&str, u64> =
+                std::collections::HashMap::new();
+            let data = &state.logs[&topic_id];
+            let window = data.dedup_window;
+            let mut next_id = state.next_message_id;
+            for message in &messages {
+                if let Some(key) = message.idempotency_key() {
+                    let seen = data
+                        .dedup
+                        .get(key)
+                        .filter(|(_, at)| {
+                            now.duration_since(*at).unwrap_or(Duration::ZERO) < window
+                        })
+                        .map(|(id, _)| *id)
+                        .or_else(|| batch_keys.get(key).copied());
+                    if let Some(id) = seen {
+                        ids.push(MessageId(id));
+                        continue;
+                    }
+                    batch_keys.insert(key, next_id);
+                }
+                ids.push(MessageId(next_id));
+                records.push(Record::Message(MessageRecord::new(
+                    topic_id, next_id, now, message,
+                )));
+                next_id += 1;
+            }
+            let stored = records.len();
+            let notifies = notifies_for(&state, &records);
+            let durable = inner.commit(&mut state, records, now)?;
+            (durable, ids, notifies, stored)
+        };
+        durable.await?;
+        metrics::counter!("converge_messages_published_total").increment(stored as u64);
+        if stored < ids.len() {
+            metrics::counter!("converge_messages_deduplicated_total")
+                .increment((ids.len() - stored) as u64);
+        }
+        for n in notifies {
+            n.notify_waiters();
+        }
+        Ok(ids)
+    }
+
+    async fn pull(
+        &self,
+        subscription: &SubscriptionName,
+        max_messages: usize,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let give_up_at = tokio::time::Instant::now() + wait;
+        loop {
+            let (notified, next_due) = {
+                let mut state = inner.state.lock();
+                let now = inner.clock.now();
+                let notify = {
+                    let sub = state
+                        .subscriptions
+                        .get(subscription)
+                        .ok_or_else(|| not_found(&subscription.to_string()))?;
+                    if sub.settings.detached {
+                        return Err(Error::FailedPrecondition(format!(
+                            "Subscription {subscription} is detached from its topic"
+                        )));
+                    }
+                    sub.notify.clone()
+                };
+                // Register for wake-ups before looking, so a publish that lands in between
+                // is not missed.
+                let mut notified = Box::pin(notify.notified_owned());
+                notified.as_mut().enable();
+
+                let expired = state
+                    .subscriptions
+                    .get_mut(subscription)
+                    .map(|s| s.expired_leases(now))
+                    .unwrap_or_default();
+                if !expired.is_empty() {
+                    let records = inner.after_failures(&mut state, subscription, expired, now)?;
+                    if !records.is_empty() {
+                        let notifies = notifies_for(&state, &records);
+                        let durable = inner.commit(&mut state, records, now)?;
+                        inner.wake_after(durable, notifies);
+                    }
+                }
+                let durable_end = inner.journal.durable_end();
+                let (sub, data) = state.subscription_mut(subscription)?;
+                let taken = sub.take(&data.log, max_messages, now, durable_end, &mut |e| {
+                    inner.load(e)
+                })?;
+                if !taken.is_empty() {
+                    let has_dead_letter = sub.settings.dead_letter_policy.is_some();
+                    metrics::counter!("converge_messages_delivered_total")
+                        .increment(taken.len() as u64);
+                    let redelivered = taken.iter().filter(|t| t.attempts > 1).count();
+                    if redelivered > 0 {
+                        metrics::counter!("converge_messages_redelivered_total")
+                            .increment(redelivered as u64);
+                    }
+                    return Ok(taken
+                        .into_iter()
+                        .map(|t| ReceivedMessage {
+                            ack_id: t.ack_id,
+                            message: t.message,
+                            delivery_attempt: if has_dead_letter { t.attempts } else { 0 },
+                        })
+                        .collect());
+                }
+                (notified, sub.next_due())
+            };
+            let now_real = tokio::time::Instant::now();
+            if now_real >= give_up_at || inner.closed.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            let mut sleep_until = give_up_at;
+            if let Some(due) = next_due {
+                let in_clock = due
+                    .duration_since(inner.clock.now())
+                    .unwrap_or(Duration::ZERO);
+                sleep_until = sleep_until.min(now_real + in_clock + Duration::from_millis(1));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+        }
+    }
+
+    async fn acknowledge(&self, subscription: &SubscriptionName, ack_ids: &[AckId]) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let now = inner.clock.now();
+            let sub = state
+                .subscriptions
+                .get_mut(subscription)
+                .ok_or_else(|| not_found(&subscription.to_string()))?;
+            sub.last_activity = now;
+            let ids: Vec<u64> = ack_ids
+                .iter()
+                .filter_map(AckRef::decode)
+                .filter_map(|a| sub.live_lease(&a))
+                .collect();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            metrics::counter!("converge_messages_acked_total").increment(ids.len() as u64);
+            let record = Record::Done {
+                subscription_id: sub.id,
+                ids,
+            };
+            inner.commit(&mut state, vec![record], now)?
+        };
+        durable.await
+    }
+
+    async fn modify_ack_deadline(
+        &self,
+        subscription: &SubscriptionName,
+        ack_ids: &[AckId],
+        deadline: Duration,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let (durable, notifies) = {
+            let mut state = inner.state.lock();
+            let now = inner.clock.now();
+            let sub = state
+                .subscriptions
+                .get_mut(subscription)
+                .ok_or_else(|| not_found(&subscription.to_string()))?;
+            sub.last_activity = now;
+            let ids: Vec<u64> = ack_ids
+                .iter()
+                .filter_map(AckRef::decode)
+                .filter_map(|a| sub.live_lease(&a))
+                .collect();
+            if !deadline.is_zero() {
+                for id in ids {
+                    sub.extend(id, now + deadline);
+                }
+                return Ok(());
+            }
+            let notify = sub.notify.clone();
+            let records = inner.after_failures(&mut state, subscription, ids, now)?;
+            notify.notify_waiters();
+            if records.is_empty() {
+                return Ok(());
+            }
+            // Dead-lettered messages: their new topic's subscribers look once they are durable.
+            let notifies = notifies_for(&state, &records);
+            (inner.commit(&mut state, records, now)?, notifies)
+        };
+        durable.await?;
+        for n in notifies {
+            n.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn subscription_stats(&self) -> Result<Vec<SubscriptionStats>> {
+        let state = self.inner.state.lock();
+        let now = self.inner.clock.now();
+        Ok(state
+            .subscriptions
+            .iter()
+            .map(|(name, sub)| {
+                let (backlog, oldest) = state
+                    .logs
+                    .get(&sub.log_id)
+                    .map(|d| sub.backlog(&d.log))
+                    .unwrap_or((0, None));
+                SubscriptionStats {
+                    name: name.clone(),
+                    backlog,
+                    oldest_unacked_age: oldest
+                        .and_then(|t| now.duration_since(t).ok())
+                        .unwrap_or(Duration::ZERO),
+                }
+            })
+            .collect())
+    }
+
+    async fn maintain(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        inner.maintain_state()?;
+        inner.snapshot_if_useful().await
+    }
+
+    async fn check_ready(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let durable = {
+            let mut state = inner.state.lock();
+            let now = inner.clock.now();
+            inner.commit(&mut state, vec![Record::Probe], now)?
+        };
+        durable.await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        {
+            let state = inner.state.lock();
+            for sub in state.subscriptions.values() {
+                sub.notify.notify_waiters();
+            }
+        }
+        inner.journal.close().await
+    }
+}
