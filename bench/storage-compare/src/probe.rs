@@ -2,15 +2,15 @@
 //! directory really takes.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
 
-/// The cost of one durable 1 KiB append on the data directory's filesystem.
+/// The cost of one durable 1 KiB write on the data directory's filesystem.
 #[derive(Debug, Clone, Copy)]
 pub struct FsyncCost {
-    /// Appends timed.
+    /// Writes timed.
     pub iterations: usize,
     /// Median microseconds of `write` + `fdatasync`.
     pub p50_us: f64,
@@ -18,16 +18,42 @@ pub struct FsyncCost {
     pub mean_us: f64,
 }
 
-/// Appends 1 KiB and `fdatasync`s, `iterations` times, in a scratch file under `dir`: the floor
+/// How the probe writes: growing the file (as an append-only log does) or overwriting bytes
+/// already allocated (as a preallocated or recycled file does). On ext4 the first also has to
+/// commit the new file size, so it tells whether preallocating log segments would pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeWrite {
+    /// Append 1 KiB at the end of the file.
+    Append,
+    /// Overwrite the first 1 KiB of an already written, synced file.
+    Overwrite,
+}
+
+/// Writes 1 KiB and `fdatasync`s, `iterations` times, in a scratch file under `dir`: the floor
 /// under any engine that acknowledges only durable writes, and why group commit matters.
-pub fn fsync_cost(dir: &Path, iterations: usize) -> anyhow::Result<FsyncCost> {
+pub fn fsync_cost(dir: &Path, iterations: usize, mode: ProbeWrite) -> anyhow::Result<FsyncCost> {
     debug_assert!(iterations > 0, "time at least one fsync");
     let path = dir.join("fsync-probe");
-    let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
     let block = vec![0x5a_u8; 1024];
+    let mut file = match mode {
+        ProbeWrite::Append => OpenOptions::new().create(true).append(true).open(&path)?,
+        ProbeWrite::Overwrite => {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            file.write_all(&block)?;
+            file.sync_all()?;
+            file
+        }
+    };
     let mut samples = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let start = Instant::now();
+        if mode == ProbeWrite::Overwrite {
+            file.seek(SeekFrom::Start(0))?;
+        }
         file.write_all(&block)?;
         file.sync_data()?;
         samples.push(start.elapsed().as_secs_f64() * 1e6);
@@ -78,8 +104,10 @@ mod tests {
     #[test]
     fn fsync_probe_cleans_up_and_reports_positive_times() {
         let dir = tempfile::tempdir().unwrap();
-        let cost = fsync_cost(dir.path(), 5).unwrap();
-        assert!(cost.p50_us > 0.0 && cost.mean_us > 0.0);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        for mode in [ProbeWrite::Append, ProbeWrite::Overwrite] {
+            let cost = fsync_cost(dir.path(), 5, mode).unwrap();
+            assert!(cost.p50_us > 0.0 && cost.mean_us > 0.0);
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use converge_core::retry::Preset;
 use converge_core::{ProjectId, SubscriptionName, TopicName};
 
+use crate::commands::BenchCommand;
 use crate::parse::{self, Endpoint, Limit, NameArg};
 
 /// converge: a broker with the API of Google Cloud Pub/Sub.
@@ -43,7 +44,8 @@ Examples:
   converge publish orders 'hello' --attribute kind=greeting
   seq 1 100 | converge publish orders
   converge pull work --max 10 --ack
-  converge --json topics list";
+  converge --json topics list
+  converge bench publish --spawn fsync --publishers 16";
 
 /// Options shared by every command.
 #[derive(Debug, Args)]
@@ -75,6 +77,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Pull messages from a subscription and print them
     Pull(PullArgs),
+    /// Measure a broker: publish throughput and latency
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 /// How the broker makes a publish durable before answering it.

@@ -109,6 +109,9 @@ async fn serve(
 
     loop {
         tokio::select! {
+            // Biased: on shutdown the server ends because the token was cancelled, so when both
+            // are ready the token must win, or a clean stop would look like a crash.
+            biased;
             () = token.cancelled() => break,
             served = &mut server => {
                 token.cancel();

@@ -1,6 +1,7 @@
 //! One module per command group. Each command takes typed arguments from [`crate::cli`], talks
 //! to the broker through [`crate::client`] and prints through [`crate::output`].
 
+mod bench;
 mod publish;
 mod pull;
 mod serve;
@@ -8,6 +9,8 @@ mod subscriptions;
 mod topics;
 
 use converge_core::ProjectId;
+
+pub use bench::BenchCommand;
 
 use crate::cli::{Cli, Command, Global};
 use crate::client::{self, Clients};
@@ -40,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscriptions(cmd) => subscriptions::run(&context(global).await?, cmd).await,
         Command::Publish(args) => publish::run(&context(global).await?, args).await,
         Command::Pull(args) => pull::run(&context(global).await?, args).await,
+        Command::Bench(cmd) => bench::run(global, cmd).await,
     }
 }
 

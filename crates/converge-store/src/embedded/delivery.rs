@@ -123,6 +123,8 @@ pub struct SubscriptionState {
     floor: u64,
     /// Every message with an id up to here has been looked at (delivered, filtered or parked).
     cursor: u64,
+    /// Every message with an id up to here has been through the filter (rejected ones are done).
+    filtered_upto: u64,
     /// Done messages above the floor.
     done: BTreeSet<u64>,
     deliveries: HashMap<u64, Delivery>,
@@ -157,6 +159,7 @@ impl SubscriptionState {
             filter,
             floor: start_after,
             cursor: start_after,
+            filtered_upto: start_after,
             done: BTreeSet::new(),
             deliveries: HashMap::new(),
             ready: BTreeSet::new(),
@@ -224,6 +227,7 @@ impl SubscriptionState {
             }
             let message = load(entry)?;
             if let Some(filter) = &self.filter
+                && entry.id > self.filtered_upto
                 && !filter.matches(&message.attributes)
             {
                 // Messages a filter rejects are acknowledged at once, as Pub/Sub does. Not
@@ -248,6 +252,43 @@ impl SubscriptionState {
             self.last_activity = now;
         }
         Ok(out)
+    }
+
+    /// Runs the filter over durable messages nobody has looked at yet, so that the ones it
+    /// rejects leave the backlog before anyone pulls (an operator watching the backlog should
+    /// see only what will be delivered). Returns how many it rejected.
+    pub fn filter_ahead(
+        &mut self,
+        log: &TopicLog,
+        now: SystemTime,
+        durable_end: RecordPos,
+        load: &mut dyn FnMut(&Entry) -> Result<StoredMessage>,
+    ) -> Result<u64> {
+        let Some(filter) = &self.filter else {
+            return Ok(0);
+        };
+        let mut upto = self.filtered_upto.max(self.cursor);
+        let mut rejected = Vec::new();
+        for entry in log.iter_after(upto) {
+            if entry.pos >= durable_end {
+                break;
+            }
+            upto = entry.id;
+            if self.done.contains(&entry.id) {
+                continue;
+            }
+            if !filter.matches(&load(entry)?.attributes) {
+                rejected.push(entry.id);
+            }
+        }
+        self.filtered_upto = upto;
+        for &id in &rejected {
+            self.complete(log, id, now);
+        }
+        if !rejected.is_empty() {
+            metrics::counter!("converge_messages_filtered_total").increment(rejected.len() as u64);
+        }
+        Ok(rejected.len() as u64)
     }
 
     fn lease(&mut self, id: u64, message: StoredMessage, now: SystemTime) -> Taken {
@@ -474,6 +515,7 @@ impl SubscriptionState {
         self.done.clear();
         self.floor = self.floor.max(upto);
         self.cursor = self.cursor.max(upto);
+        self.filtered_upto = self.filtered_upto.max(upto);
     }
 
     /// The earliest time at which something becomes deliverable without a new publish: a retry
@@ -489,6 +531,9 @@ impl SubscriptionState {
 
     /// Unfinished messages and the publish time of the oldest one.
     pub fn backlog(&self, log: &TopicLog) -> (u64, Option<SystemTime>) {
+        if self.settings.detached {
+            return (0, None);
+        }
         let count = log.count_after(self.floor).saturating_sub(self.done.len()) as u64;
         let oldest = log
             .iter_after(self.floor)

@@ -79,6 +79,23 @@ impl Inner {
         Ok(())
     }
     /// The synchronous part of `maintain`: expirations, retention, leases, log truncation.
+    /// Runs every subscription's filter over the messages it has not looked at yet.
+    pub(super) fn filter_ahead(&self, state: &mut State, now: SystemTime) -> Result<()> {
+        let durable_end = self.journal.durable_end();
+        let State {
+            subscriptions,
+            logs,
+            ..
+        } = state;
+        for sub in subscriptions.values_mut() {
+            let Some(data) = logs.get(&sub.log_id) else {
+                continue;
+            };
+            sub.filter_ahead(&data.log, now, durable_end, &mut |e| self.load(e))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn maintain_state(&self) -> Result<()> {
         let inner = self;
         let mut state = inner.state.lock();
@@ -126,6 +143,7 @@ impl Inner {
             let durable = inner.commit(&mut state, records, now)?;
             inner.wake_after(durable, notifies);
         }
+        inner.filter_ahead(&mut state, now)?;
         truncate_logs(&mut state, &inner.journal, now);
         Ok(())
     }

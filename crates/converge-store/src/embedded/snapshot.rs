@@ -216,9 +216,11 @@ impl Snapshot {
             )?;
             s.restore_progress(sub.floor, sub.done.into_iter().collect::<BTreeSet<_>>());
             let data = state.logs.entry(r.topic_id).or_default();
-            data.readers.insert(r.subscription_id);
-            if !r.detached && !r.topic_deleted {
-                data.attached.insert(r.subscription_id);
+            if !r.detached {
+                data.readers.insert(r.subscription_id);
+                if !r.topic_deleted {
+                    data.attached.insert(r.subscription_id);
+                }
             }
             state
                 .subscription_names

@@ -119,8 +119,10 @@ impl State {
                     sub.settings.detached = true;
                     sub.clear(upto);
                     sub.notify.notify_waiters();
+                    // A detached subscription reads nothing more: it must not hold the log back.
                     if let Some(data) = self.logs.get_mut(&sub.log_id) {
                         data.attached.remove(&subscription_id);
+                        data.readers.remove(&subscription_id);
                     }
                 }
                 Ok(())
@@ -189,9 +191,11 @@ impl State {
             }
         }
         let data = self.logs.entry(s.topic_id).or_default();
-        data.readers.insert(s.subscription_id);
-        if !s.detached && !s.topic_deleted {
-            data.attached.insert(s.subscription_id);
+        if !s.detached {
+            data.readers.insert(s.subscription_id);
+            if !s.topic_deleted {
+                data.attached.insert(s.subscription_id);
+            }
         }
         Ok(())
     }

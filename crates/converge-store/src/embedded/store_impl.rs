@@ -511,8 +511,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn subscription_stats(&self) -> Result<Vec<SubscriptionStats>> {
-        let state = self.inner.state.lock();
+        let mut state = self.inner.state.lock();
         let now = self.inner.clock.now();
+        self.inner.filter_ahead(&mut state, now)?;
         Ok(state
             .subscriptions
             .iter()

@@ -340,9 +340,17 @@ async fn filters_acknowledge_what_they_reject() {
         )
         .await
         .unwrap();
+        let stats = s.subscription_stats().await.unwrap();
+        assert_eq!(
+            stats[0].backlog, 1,
+            "rejected messages are not backlog, even before a pull"
+        );
         assert_eq!(data(&pull_now(s, "sub-eu").await), ["eu"]);
         let stats = s.subscription_stats().await.unwrap();
-        assert_eq!(stats[0].backlog, 1, "rejected messages are not backlog");
+        assert_eq!(
+            stats[0].backlog, 1,
+            "the delivered message is backlog until acknowledged"
+        );
     }
 }
 
@@ -471,6 +479,18 @@ async fn retention_expiration_and_detach() {
         ));
 
         s.detach_subscription(&sub_name("detached")).await.unwrap();
+        s.publish(&topic_name("top1"), vec![msg("after-detach")])
+            .await
+            .unwrap();
+        let stats = s.subscription_stats().await.unwrap();
+        let detached = stats
+            .iter()
+            .find(|st| st.name == sub_name("detached"))
+            .unwrap();
+        assert_eq!(
+            detached.backlog, 0,
+            "a detached subscription has no backlog, even after new publishes"
+        );
         let err = s
             .pull(&sub_name("detached"), 1, Duration::ZERO)
             .await
