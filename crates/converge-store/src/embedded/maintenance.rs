@@ -17,7 +17,7 @@ impl Inner {
     /// Takes a snapshot when it lets segments go or when recovery would replay too much, then
     /// deletes the segments the snapshot made unnecessary.
     pub(super) async fn snapshot_if_useful(&self) -> Result<()> {
-        let (Journal::Disk(wal), Some(dir)) = (&self.journal, &self.dir) else {
+        let (Journal::Disk(wal), Some(_)) = (&self.journal, &self.dir) else {
             return Ok(());
         };
         let segments = wal.segments();
@@ -41,6 +41,16 @@ impl Inner {
                 return Ok(());
             }
         }
+        self.take_snapshot().await
+    }
+
+    /// Writes a snapshot now and deletes the segments it makes unnecessary. Also called on a
+    /// clean shutdown, so that the next start replays almost nothing.
+    pub(super) async fn take_snapshot(&self) -> Result<()> {
+        let (Journal::Disk(wal), Some(dir)) = (&self.journal, &self.dir) else {
+            return Ok(());
+        };
+        let segments = wal.segments();
         let started = std::time::Instant::now();
         let (snapshot, free, durable) = {
             let state = self.state.lock();

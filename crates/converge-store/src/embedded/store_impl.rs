@@ -565,6 +565,10 @@ impl Store for EmbeddedStore {
                 sub.notify.notify_waiters();
             }
         }
+        // A failed final snapshot costs only a longer replay at the next start.
+        if let Err(e) = inner.take_snapshot().await {
+            tracing::warn!(error = %e, "no snapshot at shutdown; the next start replays the log");
+        }
         inner.journal.close().await
     }
 }

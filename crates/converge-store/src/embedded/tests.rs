@@ -728,3 +728,54 @@ async fn snapshots_reclaim_space_and_keep_what_is_unacknowledged() {
         .unwrap();
     assert_eq!(data(&pull_now(&s, "sub1").await), ["after"]);
 }
+
+#[tokio::test]
+async fn a_restart_from_a_snapshot_keeps_settings_progress_and_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let keyed = |d: &str| msg_with(d, &[("converge-idempotency-key", "k-1")], "");
+    let first = {
+        let s = open_disk(dir.path(), &clock);
+        s.create_topic(topic("top1")).await.unwrap();
+        let mut sub = subscription("sub1", "top1");
+        sub.filter = "attributes:converge-idempotency-key".into();
+        sub.dead_letter_policy = Some(DeadLetterPolicy::new(topic_name("top1"), 7).unwrap());
+        s.create_subscription(sub).await.unwrap();
+        let ids = s
+            .publish(
+                &topic_name("top1"),
+                vec![
+                    keyed("a"),
+                    msg("filtered"),
+                    msg_with("b", &[("converge-idempotency-key", "k-2")], ""),
+                ],
+            )
+            .await
+            .unwrap();
+        let got = pull_now(&s, "sub1").await;
+        assert_eq!(data(&got), ["a", "b"]);
+        s.acknowledge(&sub_name("sub1"), &[got[0].ack_id.clone()])
+            .await
+            .unwrap();
+        s.close().await.unwrap(); // writes a snapshot
+        ids[0]
+    };
+    assert!(
+        dir.path().join(super::snapshot::FILE_NAME).exists(),
+        "a clean shutdown leaves a snapshot"
+    );
+    let s = open_disk(dir.path(), &clock);
+    let sub = s.get_subscription(&sub_name("sub1")).await.unwrap();
+    assert_eq!(sub.filter, "attributes:converge-idempotency-key");
+    assert_eq!(sub.dead_letter_policy.unwrap().max_delivery_attempts, 7);
+    assert_eq!(
+        data(&pull_now(&s, "sub1").await),
+        ["b"],
+        "only the unacknowledged message comes back"
+    );
+    let again = s
+        .publish(&topic_name("top1"), vec![keyed("a")])
+        .await
+        .unwrap();
+    assert_eq!(again[0], first, "idempotency keys survive the snapshot");
+}
