@@ -34,7 +34,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock frozen at `start`.
     pub fn new(start: SystemTime) -> Self {
-        Self { now: Arc::new(Mutex::new(start)) }
+        Self {
+            now: Arc::new(Mutex::new(start)),
+        }
     }
 
     /// A clock frozen at the current real time.

@@ -28,7 +28,9 @@ impl DeadLetterPolicy {
     pub fn new(topic: TopicName, max_delivery_attempts: i32) -> Result<Self> {
         let attempts = match max_delivery_attempts {
             0 => DEFAULT_DELIVERY_ATTEMPTS,
-            n if (MIN_DELIVERY_ATTEMPTS as i32..=MAX_DELIVERY_ATTEMPTS as i32).contains(&n) => n as u32,
+            n if (MIN_DELIVERY_ATTEMPTS as i32..=MAX_DELIVERY_ATTEMPTS as i32).contains(&n) => {
+                n as u32
+            }
             n => {
                 return Err(Error::invalid(format!(
                     "Invalid dead_letter_policy.max_delivery_attempts {n}: must be between \
@@ -36,7 +38,10 @@ impl DeadLetterPolicy {
                 )));
             }
         };
-        Ok(Self { topic, max_delivery_attempts: attempts })
+        Ok(Self {
+            topic,
+            max_delivery_attempts: attempts,
+        })
     }
 
     /// Whether a message that has been delivered `attempts` times must now be dead-lettered
@@ -54,13 +59,22 @@ pub fn dead_letter_attributes(
     delivery_count: u32,
 ) -> Attributes {
     let publish_time = humanish_rfc3339(source_publish_time);
-    attributes.insert("CloudPubSubDeadLetterSourceSubscription".into(), source.id().to_string());
+    attributes.insert(
+        "CloudPubSubDeadLetterSourceSubscription".into(),
+        source.id().to_string(),
+    );
     attributes.insert(
         "CloudPubSubDeadLetterSourceSubscriptionProject".into(),
         source.project().as_str().to_string(),
     );
-    attributes.insert("CloudPubSubDeadLetterSourceTopicPublishTime".into(), publish_time);
-    attributes.insert("CloudPubSubDeadLetterSourceDeliveryCount".into(), delivery_count.to_string());
+    attributes.insert(
+        "CloudPubSubDeadLetterSourceTopicPublishTime".into(),
+        publish_time,
+    );
+    attributes.insert(
+        "CloudPubSubDeadLetterSourceDeliveryCount".into(),
+        delivery_count.to_string(),
+    );
     attributes
 }
 
@@ -101,7 +115,12 @@ mod tests {
 
     #[test]
     fn attempts_bounds_follow_the_real_service() {
-        assert_eq!(DeadLetterPolicy::new(topic(), 0).unwrap().max_delivery_attempts, 5);
+        assert_eq!(
+            DeadLetterPolicy::new(topic(), 0)
+                .unwrap()
+                .max_delivery_attempts,
+            5
+        );
         assert!(DeadLetterPolicy::new(topic(), 4).is_err());
         assert!(DeadLetterPolicy::new(topic(), 101).is_err());
         let p = DeadLetterPolicy::new(topic(), 7).unwrap();
@@ -111,7 +130,10 @@ mod tests {
 
     #[test]
     fn formats_rfc3339() {
-        assert_eq!(humanish_rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            humanish_rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
         assert_eq!(humanish_rfc3339(t), "2024-02-29T23:59:59.123Z");
     }

@@ -29,7 +29,10 @@ pub struct NewMessage {
 impl NewMessage {
     /// The idempotency key of the message, if it carries one.
     pub fn idempotency_key(&self) -> Option<&str> {
-        self.attributes.get(IDEMPOTENCY_KEY_ATTRIBUTE).map(String::as_str).filter(|k| !k.is_empty())
+        self.attributes
+            .get(IDEMPOTENCY_KEY_ATTRIBUTE)
+            .map(String::as_str)
+            .filter(|k| !k.is_empty())
     }
 }
 
@@ -63,7 +66,11 @@ impl StoredMessage {
     /// Size as Pub/Sub counts it for flow control: data, attribute keys and values, ordering key.
     pub fn size(&self) -> usize {
         self.data.len()
-            + self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + self.ordering_key.len()
     }
 }

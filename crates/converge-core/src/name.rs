@@ -21,7 +21,11 @@ impl ProjectId {
     /// Validates a project id: 1 to 255 characters, no `/`.
     pub fn new(id: impl Into<String>) -> Result<Self> {
         let id = id.into();
-        if id.is_empty() || id.len() > 255 || id.contains('/') || id.chars().any(char::is_whitespace) {
+        if id.is_empty()
+            || id.len() > 255
+            || id.contains('/')
+            || id.chars().any(char::is_whitespace)
+        {
             return Err(Error::invalid(format!("Invalid project id: \"{id}\"")));
         }
         Ok(Self(id))
@@ -29,9 +33,11 @@ impl ProjectId {
 
     /// Parses `projects/{project}`.
     pub fn parse(name: &str) -> Result<Self> {
-        let id = name
-            .strip_prefix("projects/")
-            .ok_or_else(|| Error::invalid(format!("Invalid project name: \"{name}\"; expected projects/{{project}}")))?;
+        let id = name.strip_prefix("projects/").ok_or_else(|| {
+            Error::invalid(format!(
+                "Invalid project name: \"{name}\"; expected projects/{{project}}"
+            ))
+        })?;
         Self::new(id)
     }
 
@@ -58,8 +64,13 @@ pub fn validate_resource_id(kind: &str, id: &str) -> Result<()> {
     if !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return bad("must start with a letter");
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.~+%".contains(*c))) {
-        return bad(&format!("character '{c}' is not allowed; use letters, digits and -_.~+%"));
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.~+%".contains(*c)))
+    {
+        return bad(&format!(
+            "character '{c}' is not allowed; use letters, digits and -_.~+%"
+        ));
     }
     if id.to_ascii_lowercase().starts_with("goog") {
         return bad("must not start with \"goog\"");

@@ -92,7 +92,8 @@ pub trait Store: Send + Sync + 'static {
     /// Appends messages to a topic and returns their ids once they are durable. Messages whose
     /// idempotency key was seen within the topic's window are not stored again: their original
     /// id is returned.
-    async fn publish(&self, topic: &TopicName, messages: Vec<NewMessage>) -> Result<Vec<MessageId>>;
+    async fn publish(&self, topic: &TopicName, messages: Vec<NewMessage>)
+    -> Result<Vec<MessageId>>;
     /// Leases up to `max_messages` deliverable messages. When none is deliverable, waits up to
     /// `wait` for one (long poll) before answering with none.
     async fn pull(

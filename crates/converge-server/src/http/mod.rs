@@ -161,7 +161,10 @@ mod tests {
             "{fields}"
         );
         // The timestamp is the log line's own (the JSON formatter writes it once at the top).
-        assert!(fields.get("timestamp").is_none(), "no second timestamp: {fields}");
+        assert!(
+            fields.get("timestamp").is_none(),
+            "no second timestamp: {fields}"
+        );
         let timestamp = events[0]["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(timestamp).is_ok(), "{timestamp}");
         assert!(fields.get("sourceIp").is_some());

@@ -16,7 +16,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given code.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// `INVALID_ARGUMENT`.
@@ -31,7 +34,10 @@ impl ApiError {
 
     /// `UNIMPLEMENTED`, for RPCs that a later version of converge implements.
     pub fn unimplemented(method: &str) -> Self {
-        Self::new(Code::Unimplemented, format!("{method} is not implemented by this version of converge"))
+        Self::new(
+            Code::Unimplemented,
+            format!("{method} is not implemented by this version of converge"),
+        )
     }
 
     /// The gRPC status.
@@ -110,5 +116,32 @@ impl From<Error> for ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_distinct_screaming_name() {
+        let names: std::collections::HashSet<_> =
+            (0..=16).map(|i| status_name(Code::from_i32(i))).collect();
+        assert_eq!(names.len(), 17);
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        );
+    }
+
+    #[test]
+    fn rest_errors_use_google_shape() {
+        let e = ApiError::not_found("Resource not found (resource=t).");
+        assert_eq!(e.http_status(), http::StatusCode::NOT_FOUND);
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"error": {"code": 404, "message": "Resource not found (resource=t).", "status": "NOT_FOUND"}})
+        );
     }
 }

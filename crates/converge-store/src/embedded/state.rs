@@ -243,6 +243,21 @@ impl State {
         }
     }
 
+    /// The engine id of a live topic.
+    pub fn topic_id(&self, name: &TopicName) -> Result<u64> {
+        self.topics
+            .get(name)
+            .map(|m| m.id)
+            .ok_or_else(|| not_found(&name.to_string()))
+    }
+
+    /// A subscription's state.
+    pub fn subscription(&self, name: &SubscriptionName) -> Result<&SubscriptionState> {
+        self.subscriptions
+            .get(name)
+            .ok_or_else(|| not_found(&name.to_string()))
+    }
+
     /// The log id and state of a subscription, split borrows for delivery work.
     pub fn subscription_mut(
         &mut self,

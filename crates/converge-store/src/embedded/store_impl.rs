@@ -2,7 +2,7 @@
 //! records, applies them, releases the lock, then waits for durability.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use converge_core::store::SubscriptionStats;
@@ -13,7 +13,7 @@ use converge_core::{
 
 use super::delivery::{self, AckRef};
 use super::record::{MessageRecord, Record, SubscriptionRecord, TopicRecord};
-use super::state::{already_exists, not_found};
+use super::state::{State, already_exists, not_found};
 use super::{DEFAULT_PAGE_SIZE, EmbeddedStore, MAX_PAGE_SIZE, notifies_for};
 
 fn page<T, K: Clone + ToString>(
@@ -49,27 +49,44 @@ fn page<T, K: Clone + ToString>(
     }
 }
 
+impl super::Inner {
+    /// One write: under the state lock, `f` validates against the current state and returns
+    /// the records to append (and the caller's answer); they are queued and applied, the lock is
+    /// released, and the answer is returned once they are durable.
+    async fn write<T>(
+        &self,
+        f: impl FnOnce(&mut State, SystemTime) -> Result<(Vec<Record>, T)>,
+    ) -> Result<T> {
+        self.check_open()?;
+        let (durable, answer) = {
+            let mut state = self.state.lock();
+            let now = self.clock.now();
+            let (records, answer) = f(&mut state, now)?;
+            if records.is_empty() {
+                return Ok(answer);
+            }
+            (self.commit(&mut state, records, now)?, answer)
+        };
+        durable.await?;
+        Ok(answer)
+    }
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn create_topic(&self, topic: Topic) -> Result<Topic> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            if state.topics.contains_key(&topic.name) {
-                return Err(already_exists(&topic.name.to_string()));
-            }
-            let id = state.allocate_id();
-            let now = inner.clock.now();
-            inner.commit(
-                &mut state,
-                vec![Record::TopicPut(TopicRecord::from_topic(id, &topic))],
-                now,
-            )?
-        };
-        durable.await?;
-        tracing::debug!(topic = %topic.name, "topic created");
-        Ok(topic)
+        self.inner
+            .write(|state, _| {
+                if state.topics.contains_key(&topic.name) {
+                    return Err(already_exists(&topic.name.to_string()));
+                }
+                let id = state.allocate_id();
+                Ok((
+                    vec![Record::TopicPut(TopicRecord::from_topic(id, &topic))],
+                    topic,
+                ))
+            })
+            .await
     }
 
     async fn get_topic(&self, name: &TopicName) -> Result<Topic> {
@@ -82,24 +99,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn update_topic(&self, topic: Topic) -> Result<Topic> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let id = state
-                .topics
-                .get(&topic.name)
-                .map(|m| m.id)
-                .ok_or_else(|| not_found(&topic.name.to_string()))?;
-            let now = inner.clock.now();
-            inner.commit(
-                &mut state,
-                vec![Record::TopicPut(TopicRecord::from_topic(id, &topic))],
-                now,
-            )?
-        };
-        durable.await?;
-        Ok(topic)
+        self.inner
+            .write(|state, _| {
+                let id = state.topic_id(&topic.name)?;
+                Ok((
+                    vec![Record::TopicPut(TopicRecord::from_topic(id, &topic))],
+                    topic,
+                ))
+            })
+            .await
     }
 
     async fn list_topics(
@@ -117,19 +125,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_topic(&self, name: &TopicName) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let topic_id = state
-                .topics
-                .get(name)
-                .map(|m| m.id)
-                .ok_or_else(|| not_found(&name.to_string()))?;
-            let now = inner.clock.now();
-            inner.commit(&mut state, vec![Record::TopicDeleted { topic_id }], now)?
-        };
-        durable.await
+        self.inner
+            .write(|state, _| {
+                let topic_id = state.topic_id(name)?;
+                Ok((vec![Record::TopicDeleted { topic_id }], ()))
+            })
+            .await
     }
 
     async fn list_topic_subscriptions(
@@ -138,11 +139,8 @@ impl Store for EmbeddedStore {
         page_request: PageRequest,
     ) -> Result<Page<SubscriptionName>> {
         let state = self.inner.state.lock();
-        let meta = state
-            .topics
-            .get(topic)
-            .ok_or_else(|| not_found(&topic.to_string()))?;
-        let mut names: Vec<SubscriptionName> = state.logs[&meta.id]
+        let topic_id = state.topic_id(topic)?;
+        let mut names: Vec<SubscriptionName> = state.logs[&topic_id]
             .attached
             .iter()
             .filter_map(|id| state.subscription_names.get(id).cloned())
@@ -155,39 +153,30 @@ impl Store for EmbeddedStore {
     }
 
     async fn create_subscription(&self, subscription: Subscription) -> Result<Subscription> {
-        let inner = &self.inner;
-        inner.check_open()?;
         delivery::parse_filter(&subscription.filter)?;
-        let (durable, created) = {
-            let mut state = inner.state.lock();
-            if state.subscriptions.contains_key(&subscription.name) {
-                return Err(already_exists(&subscription.name.to_string()));
-            }
-            let topic_name = subscription
-                .topic
-                .clone()
-                .ok_or_else(|| Error::invalid("A subscription needs a topic"))?;
-            let topic_id = state
-                .topics
-                .get(&topic_name)
-                .map(|m| m.id)
-                .ok_or_else(|| not_found(&topic_name.to_string()))?;
-            let now = inner.clock.now();
-            let mut subscription = subscription;
-            subscription.created = now;
-            subscription.detached = false;
-            let id = state.allocate_id();
-            let start_after = state.next_message_id.saturating_sub(1);
-            let record =
-                SubscriptionRecord::from_subscription(id, topic_id, start_after, &subscription);
-            (
-                inner.commit(&mut state, vec![Record::SubscriptionPut(record)], now)?,
-                subscription,
-            )
-        };
-        durable.await?;
-        tracing::debug!(subscription = %created.name, "subscription created");
-        Ok(created)
+        self.inner
+            .write(|state, now| {
+                if state.subscriptions.contains_key(&subscription.name) {
+                    return Err(already_exists(&subscription.name.to_string()));
+                }
+                let topic = subscription
+                    .topic
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("A subscription needs a topic"))?;
+                let topic_id = state.topic_id(topic)?;
+                let created = Subscription {
+                    created: now,
+                    detached: false,
+                    ..subscription
+                };
+                let id = state.allocate_id();
+                // It receives what is published from now on: ids above the last one assigned.
+                let start_after = state.next_message_id.saturating_sub(1);
+                let record =
+                    SubscriptionRecord::from_subscription(id, topic_id, start_after, &created);
+                Ok((vec![Record::SubscriptionPut(record)], created))
+            })
+            .await
     }
 
     async fn get_subscription(&self, name: &SubscriptionName) -> Result<Subscription> {
@@ -200,38 +189,33 @@ impl Store for EmbeddedStore {
     }
 
     async fn update_subscription(&self, subscription: Subscription) -> Result<Subscription> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let (durable, updated) = {
-            let mut state = inner.state.lock();
-            let existing = state
-                .subscriptions
-                .get(&subscription.name)
-                .ok_or_else(|| not_found(&subscription.name.to_string()))?;
-            if existing.settings.filter != subscription.filter {
-                return Err(Error::invalid(
-                    "The filter of a subscription cannot be changed",
-                ));
-            }
-            let mut updated = subscription;
-            // What the store owns is not the caller's to change.
-            updated.topic = existing.settings.topic.clone();
-            updated.created = existing.settings.created;
-            updated.detached = existing.settings.detached;
-            let record = SubscriptionRecord::from_subscription(
-                existing.id,
-                existing.log_id,
-                existing.start_after,
-                &updated,
-            );
-            let now = inner.clock.now();
-            (
-                inner.commit(&mut state, vec![Record::SubscriptionPut(record)], now)?,
-                updated,
-            )
-        };
-        durable.await?;
-        Ok(updated)
+        self.inner
+            .write(|state, _| {
+                let existing = state
+                    .subscriptions
+                    .get(&subscription.name)
+                    .ok_or_else(|| not_found(&subscription.name.to_string()))?;
+                if existing.settings.filter != subscription.filter {
+                    return Err(Error::invalid(
+                        "The filter of a subscription cannot be changed",
+                    ));
+                }
+                // What the store owns is not the caller's to change.
+                let updated = Subscription {
+                    topic: existing.settings.topic.clone(),
+                    created: existing.settings.created,
+                    detached: existing.settings.detached,
+                    ..subscription
+                };
+                let record = SubscriptionRecord::from_subscription(
+                    existing.id,
+                    existing.log_id,
+                    existing.start_after,
+                    &updated,
+                );
+                Ok((vec![Record::SubscriptionPut(record)], updated))
+            })
+            .await
     }
 
     async fn list_subscriptions(
@@ -249,45 +233,28 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_subscription(&self, name: &SubscriptionName) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let subscription_id = state
-                .subscriptions
-                .get(name)
-                .map(|s| s.id)
-                .ok_or_else(|| not_found(&name.to_string()))?;
-            let now = inner.clock.now();
-            inner.commit(
-                &mut state,
-                vec![Record::SubscriptionDeleted { subscription_id }],
-                now,
-            )?
-        };
-        durable.await
+        self.inner
+            .write(|state, _| {
+                let subscription_id = state.subscription(name)?.id;
+                Ok((vec![Record::SubscriptionDeleted { subscription_id }], ()))
+            })
+            .await
     }
 
     async fn detach_subscription(&self, name: &SubscriptionName) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let sub = state
-                .subscriptions
-                .get(name)
-                .ok_or_else(|| not_found(&name.to_string()))?;
-            if sub.settings.detached {
-                return Ok(());
-            }
-            let record = Record::SubscriptionDetached {
-                subscription_id: sub.id,
-                upto: state.next_message_id.saturating_sub(1),
-            };
-            let now = inner.clock.now();
-            inner.commit(&mut state, vec![record], now)?
-        };
-        durable.await
+        self.inner
+            .write(|state, _| {
+                let sub = state.subscription(name)?;
+                if sub.settings.detached {
+                    return Ok((Vec::new(), ()));
+                }
+                let record = Record::SubscriptionDetached {
+                    subscription_id: sub.id,
+                    upto: state.next_message_id.saturating_sub(1),
+                };
+                Ok((vec![record], ()))
+            })
+            .await
     }
 
     async fn publish(
@@ -438,32 +405,31 @@ impl Store for EmbeddedStore {
     }
 
     async fn acknowledge(&self, subscription: &SubscriptionName, ack_ids: &[AckId]) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let now = inner.clock.now();
-            let sub = state
-                .subscriptions
-                .get_mut(subscription)
-                .ok_or_else(|| not_found(&subscription.to_string()))?;
-            sub.last_activity = now;
-            let ids: Vec<u64> = ack_ids
-                .iter()
-                .filter_map(AckRef::decode)
-                .filter_map(|a| sub.live_lease(&a))
-                .collect();
-            if ids.is_empty() {
-                return Ok(());
-            }
-            metrics::counter!("converge_messages_acked_total").increment(ids.len() as u64);
-            let record = Record::Done {
-                subscription_id: sub.id,
-                ids,
-            };
-            inner.commit(&mut state, vec![record], now)?
-        };
-        durable.await
+        self.inner
+            .write(|state, now| {
+                let sub = state
+                    .subscriptions
+                    .get_mut(subscription)
+                    .ok_or_else(|| not_found(&subscription.to_string()))?;
+                sub.last_activity = now;
+                let ids: Vec<u64> = ack_ids
+                    .iter()
+                    .filter_map(AckRef::decode)
+                    .filter_map(|a| sub.live_lease(&a))
+                    .collect();
+                if ids.is_empty() {
+                    return Ok((Vec::new(), ()));
+                }
+                metrics::counter!("converge_messages_acked_total").increment(ids.len() as u64);
+                Ok((
+                    vec![Record::Done {
+                        subscription_id: sub.id,
+                        ids,
+                    }],
+                    (),
+                ))
+            })
+            .await
     }
 
     async fn modify_ack_deadline(
@@ -544,14 +510,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn check_ready(&self) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let durable = {
-            let mut state = inner.state.lock();
-            let now = inner.clock.now();
-            inner.commit(&mut state, vec![Record::Probe], now)?
-        };
-        durable.await
+        self.inner.write(|_, _| Ok((vec![Record::Probe], ()))).await
     }
 
     async fn close(&self) -> Result<()> {
