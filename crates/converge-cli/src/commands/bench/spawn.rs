@@ -51,7 +51,9 @@ pub enum SpawnError {
     #[error("the spawned broker: {0}")]
     Process(#[source] std::io::Error),
     /// The broker exited before it said it was ready.
-    #[error("the spawned broker exited ({status}) before it was ready; its last log lines:\n{log}")]
+    #[error(
+        "the spawned broker exited ({status}) before it was ready; its last notable log lines:\n{log}"
+    )]
     Exited {
         /// How it exited.
         status: ExitStatus,
@@ -62,9 +64,9 @@ pub enum SpawnError {
     #[error("the spawned broker was not ready within {0:?}")]
     NotReady(Duration),
     /// The broker did not stop cleanly after SIGTERM.
-    #[error("the spawned broker did not stop cleanly ({status}); its last log lines:\n{log}")]
+    #[error("after SIGTERM, it ended with {status}; its last notable log lines:\n{log}")]
     Stopped {
-        /// How it exited (or `killed` after the timeout).
+        /// How it exited (or that it was killed after the timeout).
         status: String,
         /// Its last log lines.
         log: String,
@@ -181,7 +183,10 @@ impl Broker {
         match status {
             Some(status) if status.success() => Ok(()),
             other => Err(SpawnError::Stopped {
-                status: other.map_or_else(|| "killed".to_owned(), |s| s.to_string()),
+                status: other.map_or_else(
+                    || format!("a kill after {STOP_TIMEOUT:?}"),
+                    |s| s.to_string(),
+                ),
                 log: log.text(),
             }),
         }
