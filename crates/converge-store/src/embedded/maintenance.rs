@@ -10,7 +10,7 @@ use super::record::Record;
 use super::snapshot::{self, Snapshot};
 use super::state::{self, State};
 use super::{
-    Inner, SNAPSHOT_EVERY_SEGMENTS, SNAPSHOT_MIN_INTERVAL, SnapshotBook, checkpoint, notifies_for,
+    Inner, SNAPSHOT_EVERY_SEGMENTS, SNAPSHOT_MIN_INTERVAL, SnapshotBook, atomic_file, notifies_for,
 };
 
 impl Inner {
@@ -69,7 +69,7 @@ impl Inner {
         let dir = dir.clone();
         let bytes = tokio::task::spawn_blocking(move || {
             let bytes = snapshot.encode();
-            checkpoint::write_atomic(&dir, snapshot::FILE_NAME, &bytes).map(|()| bytes.len())
+            atomic_file::write_atomic(&dir, snapshot::FILE_NAME, &bytes).map(|()| bytes.len())
         })
         .await
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))?

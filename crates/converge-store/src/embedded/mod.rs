@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`wal`]: the segmented write-ahead log with group commit (durability).
+//! - [`atomic_file`]: whole-file replacement for the snapshot.
 //! - [`journal`]: the log, or memory for `--memory`, behind one type.
 //! - [`record`]: what is written to the log.
 //! - [`state`]: the in-memory state and how each record changes it (shared by live writes and
@@ -15,7 +16,7 @@
 //! is state order) and wait for durability after releasing it. Subscribers see a message only
 //! once it is durable (`Journal::durable_end`).
 
-pub mod checkpoint;
+pub mod atomic_file;
 pub mod delivery;
 mod failures;
 pub mod journal;
@@ -125,12 +126,13 @@ impl EmbeddedStore {
         let journal = match &options.dir {
             None => Journal::Memory(MemoryJournal::default()),
             Some(dir) => {
-                let stored = checkpoint::read_if_exists(dir, snapshot::FILE_NAME).map_err(|e| {
-                    Error::Internal(format!(
-                        "cannot read the snapshot in {}: {e}",
-                        dir.display()
-                    ))
-                })?;
+                let stored =
+                    atomic_file::read_if_exists(dir, snapshot::FILE_NAME).map_err(|e| {
+                        Error::Internal(format!(
+                            "cannot read the snapshot in {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
                 if let Some(bytes) = stored {
                     let snapshot = Snapshot::decode(&bytes)?;
                     resume_from = snapshot.resume_from();

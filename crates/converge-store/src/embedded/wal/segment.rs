@@ -21,7 +21,7 @@ pub(crate) fn path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:0ID_DIGITS$}{SUFFIX}"))
 }
 
-/// Ids of the segment files in `dir`, oldest first. Other files (the engine's checkpoint,
+/// Ids of the segment files in `dir`, oldest first. Other files (the engine's snapshot,
 /// temporaries) are ignored.
 pub(crate) fn list(dir: &Path) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Positions order the log: `(segment, offset)` compares lexicographically, so a position in a
 /// later segment is always greater, which lets the engine compare any position with
 /// [`Wal::durable_end`](super::Wal::durable_end) without knowing segment sizes. Serializable
-/// so the engine can record in its checkpoint where replay must resume.
+/// so the engine can record in its snapshot where replay must resume.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]

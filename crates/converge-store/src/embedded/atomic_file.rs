@@ -1,4 +1,4 @@
-//! Atomic whole-file writes, for the engine's snapshot (checkpoint) file.
+//! Atomic whole-file writes, for the engine's snapshot file.
 //!
 //! A snapshot is replaced, never edited: it is written to a temporary file, synced, renamed
 //! over the old one and the directory synced, so after a crash the name holds either the old
