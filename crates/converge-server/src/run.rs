@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::serve::ListenerExt;
 use converge_core::{Clock, OffsetClock, Store, SystemClock};
 use converge_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio::net::TcpListener;
@@ -90,6 +91,13 @@ async fn serve(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let token = state.shutdown().clone();
+    // Small answers (acks, publish ids) must leave at once: without TCP_NODELAY, Nagle's
+    // algorithm meeting the client's delayed ACK holds some of them back ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
