@@ -129,8 +129,13 @@ impl Inner {
                 });
                 continue;
             }
-            // Retention of unacknowledged messages.
-            if let Some(cutoff) = now.checked_sub(sub.settings.message_retention) {
+            // Retention of unacknowledged messages: the longer of the subscription's and the
+            // topic's, as in Pub/Sub.
+            let retention = sub
+                .settings
+                .message_retention
+                .max(data.retention.unwrap_or_default());
+            if let Some(cutoff) = now.checked_sub(retention) {
                 let dropped = sub.expire_before(&data.log, cutoff, now);
                 if dropped > 0 {
                     metrics::counter!("converge_messages_dropped_total", "reason" => "retention")

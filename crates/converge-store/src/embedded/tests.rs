@@ -779,3 +779,35 @@ async fn a_restart_from_a_snapshot_keeps_settings_progress_and_idempotency_keys(
         .unwrap();
     assert_eq!(again[0], first, "idempotency keys survive the snapshot");
 }
+
+#[tokio::test]
+async fn topic_retention_keeps_messages_longer_then_lets_them_go() {
+    for f in fixtures() {
+        let s = &f.store;
+        let mut t = topic("top1");
+        t.message_retention = Some(Duration::from_secs(3600));
+        s.create_topic(t).await.unwrap();
+        let mut sub = subscription("sub1", "top1");
+        sub.message_retention = Duration::from_secs(600);
+        s.create_subscription(sub).await.unwrap();
+        s.publish(&topic_name("top1"), vec![msg("kept")])
+            .await
+            .unwrap();
+
+        f.clock.advance(Duration::from_secs(601));
+        s.maintain().await.unwrap();
+        assert_eq!(
+            data(&pull_now(s, "sub1").await),
+            ["kept"],
+            "a longer topic retention keeps the subscription's backlog"
+        );
+        f.clock.advance(Duration::from_secs(3000));
+        s.maintain().await.unwrap();
+        assert!(
+            pull_now(s, "sub1").await.is_empty(),
+            "past the topic's retention the message is gone"
+        );
+        let stats = s.subscription_stats().await.unwrap();
+        assert_eq!(stats[0].backlog, 0);
+    }
+}
