@@ -10,7 +10,8 @@ use super::record::Record;
 use super::snapshot::{self, Snapshot};
 use super::state::{self, State};
 use super::{
-    Inner, SNAPSHOT_EVERY_SEGMENTS, SNAPSHOT_MIN_INTERVAL, SnapshotBook, atomic_file, notifies_for,
+    Inner, SNAPSHOT_EVERY_BYTES, SNAPSHOT_MIN_INTERVAL, SnapshotBook, atomic_file, log_distance,
+    notifies_for,
 };
 
 impl Inner {
@@ -36,7 +37,8 @@ impl Inner {
             let freeable = segments
                 .iter()
                 .any(|s| *s < active && !state.live_per_segment.contains_key(s));
-            let behind = active.saturating_sub(book.resume_from.segment) >= SNAPSHOT_EVERY_SEGMENTS;
+            let written = log_distance(book.resume_from, wal.durable_end(), self.segment_bytes);
+            let behind = written >= SNAPSHOT_EVERY_BYTES;
             if !freeable && !behind {
                 return Ok(());
             }

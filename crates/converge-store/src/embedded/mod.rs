@@ -71,8 +71,9 @@ const MAX_PAGE_SIZE: usize = 1000;
 const DEAD_LETTER_TOPIC_MISSING_RETRY: Duration = Duration::from_secs(60);
 /// Least time between two snapshots.
 const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// Take a snapshot once this many segments were written since the last one, to bound recovery.
-const SNAPSHOT_EVERY_SEGMENTS: u64 = 4;
+/// Take a snapshot once this many log bytes were written since the last one, to bound the
+/// replay (and so the start-up time) after a crash.
+const SNAPSHOT_EVERY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The embedded engine. Cheap to clone.
 #[derive(Clone)]
@@ -86,6 +87,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
     dir: Option<PathBuf>,
+    segment_bytes: u64,
     snapshots: Mutex<SnapshotBook>,
 }
 
@@ -93,6 +95,16 @@ struct Inner {
 struct SnapshotBook {
     resume_from: RecordPos,
     last: Option<std::time::Instant>,
+}
+
+/// Log bytes between two positions, counting whole segments of `segment_bytes` in between.
+fn log_distance(from: RecordPos, to: RecordPos, segment_bytes: u64) -> u64 {
+    if to.segment == from.segment {
+        return to.offset.saturating_sub(from.offset);
+    }
+    (to.segment - from.segment - 1) * segment_bytes
+        + segment_bytes.saturating_sub(from.offset)
+        + to.offset
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -196,6 +208,7 @@ impl EmbeddedStore {
                 clock,
                 closed: AtomicBool::new(false),
                 dir: options.dir,
+                segment_bytes,
                 snapshots,
             }),
         })

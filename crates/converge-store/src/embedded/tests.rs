@@ -811,3 +811,14 @@ async fn topic_retention_keeps_messages_longer_then_lets_them_go() {
         assert_eq!(stats[0].backlog, 0);
     }
 }
+
+#[test]
+fn log_distance_counts_bytes_across_segments() {
+    use super::log_distance;
+    use super::wal::RecordPos;
+    let at = |segment, offset| RecordPos { segment, offset };
+    assert_eq!(log_distance(at(3, 100), at(3, 400), 1000), 300);
+    assert_eq!(log_distance(at(3, 900), at(4, 50), 1000), 150);
+    assert_eq!(log_distance(at(3, 900), at(6, 50), 1000), 2150);
+    assert_eq!(log_distance(at(3, 400), at(3, 100), 1000), 0, "never negative");
+}
