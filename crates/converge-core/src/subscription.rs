@@ -31,6 +31,9 @@ pub struct Subscription {
     pub message_retention: Duration,
     /// Deliver messages of one ordering key one at a time, in publish order.
     pub enable_message_ordering: bool,
+    /// Exactly-once delivery: no redelivery while a lease is valid or after a successful ack,
+    /// and acks of expired leases are reported as failures instead of ignored.
+    pub exactly_once: bool,
     /// Filter text; empty for none. Immutable after creation.
     pub filter: String,
     /// Where messages go after too many deliveries.

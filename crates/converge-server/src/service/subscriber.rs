@@ -150,6 +150,7 @@ pub(super) fn subscription_from_proto(
         retain_acked_messages: resource.retain_acked_messages,
         message_retention,
         enable_message_ordering: resource.enable_message_ordering,
+        exactly_once: resource.enable_exactly_once_delivery,
         filter: resource.filter.clone(),
         dead_letter_policy,
         retry,

@@ -67,6 +67,17 @@ pub struct Taken {
     pub attempts: u32,
 }
 
+/// How much one pull may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeLimits {
+    /// Messages at most.
+    pub max_messages: usize,
+    /// Bytes at most (the first message is always taken).
+    pub max_bytes: Option<usize>,
+    /// Lease length; `None` for the subscription's ack deadline.
+    pub ack_deadline: Option<Duration>,
+}
+
 /// The parts of an ack id: which subscription incarnation, which message, which lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckRef {
@@ -186,46 +197,61 @@ impl SubscriptionState {
         self.floor
     }
 
-    /// Leases up to `max` messages: first those whose retry time has come, then new ones.
+    /// Leases messages within `limits`: first those whose retry time has come, then new ones.
     /// `durable_end` hides messages not yet durable; `load` reads a message from the journal.
     pub fn take(
         &mut self,
         log: &TopicLog,
-        max: usize,
+        limits: TakeLimits,
         now: SystemTime,
         durable_end: RecordPos,
         load: &mut dyn FnMut(&Entry) -> Result<StoredMessage>,
     ) -> Result<Vec<Taken>> {
+        let deadline = now + limits.ack_deadline.unwrap_or(self.settings.ack_deadline);
         let mut out = Vec::new();
-        while out.len() < max {
+        let mut bytes = 0usize;
+        // The first message always goes, whatever its size, or a large one would never leave.
+        let fits = |out: &Vec<Taken>, bytes: usize, size: usize| {
+            out.is_empty() || limits.max_bytes.is_none_or(|max| bytes + size <= max)
+        };
+        while out.len() < limits.max_messages {
             let Some(&(ready_at, id)) = self.ready.first() else {
                 break;
             };
             if ready_at > now {
                 break;
             }
-            self.ready.pop_first();
             let Some(entry) = log.get(id) else {
                 // Cannot happen while the floor holds the entry; stay safe if it does.
                 debug_assert!(false, "waiting message {id} missing from its topic log");
+                self.ready.pop_first();
                 self.deliveries.remove(&id);
                 continue;
             };
             let message = load(entry)?;
-            out.push(self.lease(id, message, now));
+            if !fits(&out, bytes, message.size()) {
+                return Ok(self.finish_take(out, now));
+            }
+            self.ready.pop_first();
+            bytes += message.size();
+            out.push(self.lease(id, message, now, deadline));
         }
-        while out.len() < max {
+        while out.len() < limits.max_messages {
             let Some(entry) = log.first_after(self.cursor) else {
                 break;
             };
             if entry.pos >= durable_end {
                 break;
             }
-            self.cursor = entry.id;
             if self.done.contains(&entry.id) {
+                self.cursor = entry.id;
                 continue;
             }
             let message = load(entry)?;
+            if !fits(&out, bytes, message.size()) {
+                break;
+            }
+            self.cursor = entry.id;
             if let Some(filter) = &self.filter
                 && entry.id > self.filtered_upto
                 && !filter.matches(&message.attributes)
@@ -246,12 +272,17 @@ impl SubscriptionState {
                 }
                 self.busy_keys.insert(entry.ordering_key.clone(), entry.id);
             }
-            out.push(self.lease(entry.id, message, now));
+            bytes += message.size();
+            out.push(self.lease(entry.id, message, now, deadline));
         }
+        Ok(self.finish_take(out, now))
+    }
+
+    fn finish_take(&mut self, out: Vec<Taken>, now: SystemTime) -> Vec<Taken> {
         if !out.is_empty() {
             self.last_activity = now;
         }
-        Ok(out)
+        out
     }
 
     /// Runs the filter over durable messages nobody has looked at yet, so that the ones it
@@ -291,10 +322,15 @@ impl SubscriptionState {
         Ok(rejected.len() as u64)
     }
 
-    fn lease(&mut self, id: u64, message: StoredMessage, now: SystemTime) -> Taken {
+    fn lease(
+        &mut self,
+        id: u64,
+        message: StoredMessage,
+        now: SystemTime,
+        deadline: SystemTime,
+    ) -> Taken {
         let lease = self.next_lease;
         self.next_lease += 1;
-        let deadline = now + self.settings.ack_deadline;
         let delivery = self.deliveries.entry(id).or_insert(Delivery {
             attempts: 0,
             first_attempt: now,
@@ -319,12 +355,20 @@ impl SubscriptionState {
     }
 
     /// The message id of a current lease, or `None` if the ack id is stale or foreign.
-    pub fn live_lease(&self, ack: &AckRef) -> Option<u64> {
+    ///
+    /// With exactly-once delivery a lease past its deadline is no longer current, even before
+    /// the engine has noticed it expired: the message may be delivered again at any moment, so
+    /// the ack must be refused rather than appear to succeed.
+    pub fn live_lease(&self, ack: &AckRef, now: SystemTime) -> Option<u64> {
         if ack.subscription_id != self.id {
             return None;
         }
         match self.deliveries.get(&ack.message_id)?.state {
-            DeliveryState::Leased { lease, .. } if lease == ack.lease => Some(ack.message_id),
+            DeliveryState::Leased { lease, deadline }
+                if lease == ack.lease && (!self.settings.exactly_once || deadline > now) =>
+            {
+                Some(ack.message_id)
+            }
             _ => None,
         }
     }

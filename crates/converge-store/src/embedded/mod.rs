@@ -22,6 +22,7 @@ mod failures;
 pub mod journal;
 mod maintenance;
 pub mod record;
+mod seek;
 pub mod snapshot;
 pub mod state;
 mod store_impl;

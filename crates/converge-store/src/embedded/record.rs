@@ -50,6 +50,22 @@ pub enum Record {
     },
     /// Written by readiness probes to prove the log accepts a durable write.
     Probe,
+    /// An API document (IAM policy, schema revision) was stored or replaced.
+    DocumentPut {
+        /// Kind of document.
+        kind: String,
+        /// Key within the kind.
+        key: String,
+        /// The document.
+        value: Vec<u8>,
+    },
+    /// An API document was deleted.
+    DocumentDeleted {
+        /// Kind of document.
+        kind: String,
+        /// Key within the kind.
+        key: String,
+    },
 }
 
 impl Record {
@@ -103,6 +119,8 @@ pub struct SubscriptionRecord {
     pub retention_ms: u64,
     /// Ordered delivery per ordering key.
     pub enable_message_ordering: bool,
+    /// Exactly-once delivery.
+    pub exactly_once: bool,
     /// Filter text.
     pub filter: String,
     /// Dead-letter topic and attempts.
@@ -251,6 +269,7 @@ impl SubscriptionRecord {
             retain_acked_messages: s.retain_acked_messages,
             retention_ms: ms(s.message_retention),
             enable_message_ordering: s.enable_message_ordering,
+            exactly_once: s.exactly_once,
             filter: s.filter.clone(),
             dead_letter: s
                 .dead_letter_policy
@@ -281,6 +300,7 @@ impl SubscriptionRecord {
             retain_acked_messages: self.retain_acked_messages,
             message_retention: Duration::from_millis(self.retention_ms),
             enable_message_ordering: self.enable_message_ordering,
+            exactly_once: self.exactly_once,
             filter: self.filter.clone(),
             dead_letter_policy: match &self.dead_letter {
                 Some((topic, attempts)) => Some(DeadLetterPolicy {

@@ -26,7 +26,7 @@ use super::wal::RecordPos;
 /// File name of the snapshot in the data directory.
 pub const FILE_NAME: &str = "snapshot";
 /// Bumped when the format changes incompatibly.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// The serialized state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +39,8 @@ pub struct Snapshot {
     topics: Vec<TopicRecord>,
     subscriptions: Vec<SubscriptionSnapshot>,
     logs: Vec<LogSnapshot>,
+    /// API documents: (kind, key, value).
+    documents: Vec<(String, String, Vec<u8>)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,7 +119,13 @@ impl Snapshot {
                     .collect(),
             })
             .collect();
+        let documents = state
+            .documents
+            .iter()
+            .map(|((kind, key), value)| (kind.clone(), key.clone(), value.clone()))
+            .collect();
         Self {
+            documents,
             version: FORMAT_VERSION,
             resume_from: (resume_from.segment, resume_from.offset),
             next_message_id: state.next_message_id,
@@ -157,6 +165,11 @@ impl Snapshot {
     /// Rebuilds the state. Leases and attempt counts start empty, as after any restart.
     pub fn restore(self, now: std::time::SystemTime) -> Result<State> {
         let mut state = State {
+            documents: self
+                .documents
+                .into_iter()
+                .map(|(kind, key, value)| ((kind, key), value))
+                .collect(),
             next_message_id: self.next_message_id,
             next_resource_id: self.next_resource_id,
             ..State::default()

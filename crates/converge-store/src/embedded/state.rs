@@ -64,6 +64,8 @@ pub struct State {
     pub next_resource_id: u64,
     /// Live messages per journal segment, to know when a segment can go.
     pub live_per_segment: BTreeMap<u64, u64>,
+    /// API documents by (kind, key).
+    pub documents: BTreeMap<(String, String), Vec<u8>>,
 }
 
 impl State {
@@ -147,6 +149,14 @@ impl State {
                 Ok(())
             }
             Record::Probe => Ok(()),
+            Record::DocumentPut { kind, key, value } => {
+                self.documents.insert((kind, key), value);
+                Ok(())
+            }
+            Record::DocumentDeleted { kind, key } => {
+                self.documents.remove(&(kind, key));
+                Ok(())
+            }
         }
     }
 

@@ -5,16 +5,40 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use converge_core::store::SubscriptionStats;
 use converge_core::{
-    AckId, Error, MessageId, NewMessage, Page, PageRequest, ProjectId, ReceivedMessage, Result,
-    Store, Subscription, SubscriptionName, Topic, TopicName,
+    AckId, AckOutcome, Error, MessageId, NewMessage, Page, PageRequest, ProjectId, PullOptions,
+    ReceivedMessage, Result, SeekTarget, Snapshot, SnapshotName, Store, Subscription,
+    SubscriptionName, Topic, TopicName,
 };
 
-use super::delivery::{self, AckRef};
+use super::delivery::{self, AckRef, SubscriptionState, TakeLimits};
 use super::record::{MessageRecord, Record, SubscriptionRecord, TopicRecord};
 use super::state::{State, already_exists, not_found};
 use super::{DEFAULT_PAGE_SIZE, EmbeddedStore, MAX_PAGE_SIZE, notifies_for};
+
+/// The messages of the ack ids whose lease is current, and one outcome per ack id.
+fn current_leases(
+    sub: &SubscriptionState,
+    ack_ids: &[AckId],
+    now: SystemTime,
+) -> (Vec<u64>, Vec<AckOutcome>) {
+    let mut ids = Vec::with_capacity(ack_ids.len());
+    let outcomes = ack_ids
+        .iter()
+        .map(
+            |ack_id| match AckRef::decode(ack_id).and_then(|a| sub.live_lease(&a, now)) {
+                Some(id) => {
+                    ids.push(id);
+                    AckOutcome::Applied
+                }
+                None => AckOutcome::Invalid,
+            },
+        )
+        .collect();
+    (ids, outcomes)
+}
 
 fn page<T, K: Clone + ToString>(
     items: impl Iterator<Item = (K, T)>,
@@ -318,15 +342,19 @@ impl Store for EmbeddedStore {
         Ok(ids)
     }
 
-    async fn pull(
+    async fn pull_with(
         &self,
         subscription: &SubscriptionName,
-        max_messages: usize,
-        wait: Duration,
+        options: PullOptions,
     ) -> Result<Vec<ReceivedMessage>> {
         let inner = &self.inner;
         inner.check_open()?;
-        let give_up_at = tokio::time::Instant::now() + wait;
+        let limits = TakeLimits {
+            max_messages: options.max_messages,
+            max_bytes: options.max_bytes,
+            ack_deadline: options.ack_deadline,
+        };
+        let give_up_at = tokio::time::Instant::now() + options.wait;
         loop {
             let (notified, next_due) = {
                 let mut state = inner.state.lock();
@@ -363,9 +391,8 @@ impl Store for EmbeddedStore {
                 }
                 let durable_end = inner.journal.durable_end();
                 let (sub, data) = state.subscription_mut(subscription)?;
-                let taken = sub.take(&data.log, max_messages, now, durable_end, &mut |e| {
-                    inner.load(e)
-                })?;
+                let taken =
+                    sub.take(&data.log, limits, now, durable_end, &mut |e| inner.load(e))?;
                 if !taken.is_empty() {
                     let has_dead_letter = sub.settings.dead_letter_policy.is_some();
                     metrics::counter!("converge_messages_delivered_total")
@@ -404,7 +431,11 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn acknowledge(&self, subscription: &SubscriptionName, ack_ids: &[AckId]) -> Result<()> {
+    async fn acknowledge(
+        &self,
+        subscription: &SubscriptionName,
+        ack_ids: &[AckId],
+    ) -> Result<Vec<AckOutcome>> {
         self.inner
             .write(|state, now| {
                 let sub = state
@@ -412,21 +443,18 @@ impl Store for EmbeddedStore {
                     .get_mut(subscription)
                     .ok_or_else(|| not_found(&subscription.to_string()))?;
                 sub.last_activity = now;
-                let ids: Vec<u64> = ack_ids
-                    .iter()
-                    .filter_map(AckRef::decode)
-                    .filter_map(|a| sub.live_lease(&a))
-                    .collect();
+                let (ids, outcomes) = current_leases(sub, ack_ids, now);
                 if ids.is_empty() {
-                    return Ok((Vec::new(), ()));
+                    return Ok((Vec::new(), outcomes));
                 }
                 metrics::counter!("converge_messages_acked_total").increment(ids.len() as u64);
+                let subscription_id = sub.id;
                 Ok((
                     vec![Record::Done {
-                        subscription_id: sub.id,
+                        subscription_id,
                         ids,
                     }],
-                    (),
+                    outcomes,
                 ))
             })
             .await
@@ -437,10 +465,10 @@ impl Store for EmbeddedStore {
         subscription: &SubscriptionName,
         ack_ids: &[AckId],
         deadline: Duration,
-    ) -> Result<()> {
+    ) -> Result<Vec<AckOutcome>> {
         let inner = &self.inner;
         inner.check_open()?;
-        let (durable, notifies) = {
+        let (durable, notifies, outcomes) = {
             let mut state = inner.state.lock();
             let now = inner.clock.now();
             let sub = state
@@ -448,32 +476,112 @@ impl Store for EmbeddedStore {
                 .get_mut(subscription)
                 .ok_or_else(|| not_found(&subscription.to_string()))?;
             sub.last_activity = now;
-            let ids: Vec<u64> = ack_ids
-                .iter()
-                .filter_map(AckRef::decode)
-                .filter_map(|a| sub.live_lease(&a))
-                .collect();
+            let (ids, outcomes) = current_leases(sub, ack_ids, now);
             if !deadline.is_zero() {
                 for id in ids {
                     sub.extend(id, now + deadline);
                 }
-                return Ok(());
+                return Ok(outcomes);
             }
             let notify = sub.notify.clone();
             let records = inner.after_failures(&mut state, subscription, ids, now)?;
             notify.notify_waiters();
             if records.is_empty() {
-                return Ok(());
+                return Ok(outcomes);
             }
             // Dead-lettered messages: their new topic's subscribers look once they are durable.
             let notifies = notifies_for(&state, &records);
-            (inner.commit(&mut state, records, now)?, notifies)
+            (inner.commit(&mut state, records, now)?, notifies, outcomes)
         };
         durable.await?;
         for n in notifies {
             n.notify_waiters();
         }
-        Ok(())
+        Ok(outcomes)
+    }
+
+    async fn create_snapshot(
+        &self,
+        snapshot: Snapshot,
+        subscription: &SubscriptionName,
+    ) -> Result<Snapshot> {
+        self.inner.create_snapshot(snapshot, subscription).await
+    }
+
+    async fn get_snapshot(&self, name: &SnapshotName) -> Result<Snapshot> {
+        self.inner.get_snapshot(name)
+    }
+
+    async fn update_snapshot(&self, snapshot: Snapshot) -> Result<Snapshot> {
+        self.inner.update_snapshot(snapshot).await
+    }
+
+    async fn list_snapshots(
+        &self,
+        project: &ProjectId,
+        page_request: PageRequest,
+    ) -> Result<Page<Snapshot>> {
+        self.inner.list_snapshots(project, page_request)
+    }
+
+    async fn list_topic_snapshots(
+        &self,
+        topic: &TopicName,
+        page_request: PageRequest,
+    ) -> Result<Page<SnapshotName>> {
+        self.inner.list_topic_snapshots(topic, page_request)
+    }
+
+    async fn delete_snapshot(&self, name: &SnapshotName) -> Result<()> {
+        self.inner.delete_snapshot(name).await
+    }
+
+    async fn seek(&self, subscription: &SubscriptionName, target: SeekTarget) -> Result<()> {
+        self.inner.seek(subscription, target).await
+    }
+
+    async fn put_document(&self, kind: &str, key: &str, value: Bytes) -> Result<()> {
+        let record = Record::DocumentPut {
+            kind: kind.to_string(),
+            key: key.to_string(),
+            value: value.to_vec(),
+        };
+        self.inner.write(|_, _| Ok((vec![record], ()))).await
+    }
+
+    async fn get_document(&self, kind: &str, key: &str) -> Result<Option<Bytes>> {
+        let state = self.inner.state.lock();
+        let found = state.documents.get(&(kind.to_string(), key.to_string()));
+        Ok(found.map(|v| Bytes::from(v.clone())))
+    }
+
+    async fn delete_document(&self, kind: &str, key: &str) -> Result<bool> {
+        self.inner
+            .write(|state, _| {
+                let id = (kind.to_string(), key.to_string());
+                if !state.documents.contains_key(&id) {
+                    return Ok((Vec::new(), false));
+                }
+                let (kind, key) = id;
+                Ok((vec![Record::DocumentDeleted { kind, key }], true))
+            })
+            .await
+    }
+
+    async fn list_documents(
+        &self,
+        kind: &str,
+        prefix: &str,
+        page_request: PageRequest,
+    ) -> Result<Page<(String, Bytes)>> {
+        let state = self.inner.state.lock();
+        let start = (kind.to_string(), prefix.to_string());
+        let items = state
+            .documents
+            .range(start..)
+            .take_while(|((k, key), _)| k == kind && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), (key.clone(), Bytes::from(value.clone()))));
+        Ok(page(items, &page_request))
     }
 
     async fn subscription_stats(&self) -> Result<Vec<SubscriptionStats>> {

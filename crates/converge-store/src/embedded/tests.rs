@@ -44,6 +44,7 @@ fn subscription(id: &str, topic: &str) -> Subscription {
         retain_acked_messages: false,
         message_retention: Duration::from_secs(7 * 24 * 3600),
         enable_message_ordering: false,
+        exactly_once: false,
         filter: String::new(),
         dead_letter_policy: None,
         retry: None,
@@ -820,5 +821,204 @@ fn log_distance_counts_bytes_across_segments() {
     assert_eq!(log_distance(at(3, 100), at(3, 400), 1000), 300);
     assert_eq!(log_distance(at(3, 900), at(4, 50), 1000), 150);
     assert_eq!(log_distance(at(3, 900), at(6, 50), 1000), 2150);
-    assert_eq!(log_distance(at(3, 400), at(3, 100), 1000), 0, "never negative");
+    assert_eq!(
+        log_distance(at(3, 400), at(3, 100), 1000),
+        0,
+        "never negative"
+    );
+}
+
+#[tokio::test]
+async fn pull_options_bound_bytes_and_set_the_lease() {
+    use converge_core::PullOptions;
+    for f in fixtures() {
+        let s = &f.store;
+        s.create_topic(topic("top1")).await.unwrap();
+        s.create_subscription(subscription("sub1", "top1"))
+            .await
+            .unwrap();
+        let big = "x".repeat(600);
+        s.publish(&topic_name("top1"), vec![msg(&big), msg(&big), msg(&big)])
+            .await
+            .unwrap();
+        let options = PullOptions {
+            max_messages: 10,
+            max_bytes: Some(1000),
+            wait: Duration::ZERO,
+            ack_deadline: Some(Duration::from_secs(60)),
+        };
+        let first = s
+            .pull_with(&sub_name("sub1"), options.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            first.len(),
+            1,
+            "a second 600-byte message would pass 1000 bytes"
+        );
+        let tiny = PullOptions {
+            max_bytes: Some(10),
+            ..options.clone()
+        };
+        assert_eq!(
+            s.pull_with(&sub_name("sub1"), tiny).await.unwrap().len(),
+            1,
+            "the first message always goes"
+        );
+        f.clock.advance(Duration::from_secs(30));
+        let rest = s
+            .pull_with(
+                &sub_name("sub1"),
+                PullOptions {
+                    max_bytes: None,
+                    ..options
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.len(),
+            1,
+            "leases of 60 s still hold after 30 s; one message was left"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exactly_once_reports_expired_and_stale_ack_ids() {
+    use converge_core::{AckId, AckOutcome};
+    for f in fixtures() {
+        let s = &f.store;
+        s.create_topic(topic("top1")).await.unwrap();
+        let mut sub = subscription("sub1", "top1");
+        sub.exactly_once = true;
+        s.create_subscription(sub).await.unwrap();
+        s.create_subscription(subscription("lenient", "top1"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("top1"), vec![msg("a"), msg("b")])
+            .await
+            .unwrap();
+
+        let got = pull_now(s, "sub1").await;
+        let outcomes = s
+            .acknowledge(
+                &sub_name("sub1"),
+                &[got[0].ack_id.clone(), AckId("garbage".into())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [AckOutcome::Applied, AckOutcome::Invalid]);
+        let again = s
+            .acknowledge(&sub_name("sub1"), &[got[0].ack_id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            [AckOutcome::Invalid],
+            "a second ack of the same delivery is reported"
+        );
+
+        f.clock.advance(Duration::from_secs(11));
+        let late = s
+            .modify_ack_deadline(
+                &sub_name("sub1"),
+                &[got[1].ack_id.clone()],
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            late,
+            [AckOutcome::Invalid],
+            "an expired lease cannot be extended"
+        );
+        let late = s
+            .acknowledge(&sub_name("sub1"), &[got[1].ack_id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(late, [AckOutcome::Invalid], "nor acknowledged");
+        assert_eq!(
+            data(&pull_now(s, "sub1").await),
+            ["b"],
+            "and the message comes back"
+        );
+
+        // Without exactly-once a late ack still lands when nobody took the message meanwhile.
+        let lenient = pull_now(s, "lenient").await;
+        f.clock.advance(Duration::from_secs(11));
+        let outcomes = s
+            .acknowledge(&sub_name("lenient"), &[lenient[0].ack_id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [AckOutcome::Applied]);
+    }
+}
+
+#[tokio::test]
+async fn documents_are_stored_listed_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    {
+        let s = open_disk(dir.path(), &clock);
+        s.put_document(
+            "iam",
+            "projects/p/topics/a",
+            Bytes::from_static(b"policy-a"),
+        )
+        .await
+        .unwrap();
+        s.put_document(
+            "iam",
+            "projects/p/topics/b",
+            Bytes::from_static(b"policy-b"),
+        )
+        .await
+        .unwrap();
+        s.put_document("schema", "projects/p/schemas/s", Bytes::from_static(b"v1"))
+            .await
+            .unwrap();
+        s.put_document(
+            "iam",
+            "projects/p/topics/a",
+            Bytes::from_static(b"policy-a2"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            s.delete_document("iam", "projects/p/topics/b")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.delete_document("iam", "projects/p/topics/b")
+                .await
+                .unwrap()
+        );
+        s.close().await.unwrap();
+    }
+    let s = open_disk(dir.path(), &clock);
+    assert_eq!(
+        s.get_document("iam", "projects/p/topics/a")
+            .await
+            .unwrap()
+            .unwrap(),
+        "policy-a2"
+    );
+    assert_eq!(
+        s.get_document("iam", "projects/p/topics/b").await.unwrap(),
+        None
+    );
+    let listed = s
+        .list_documents("iam", "projects/p/", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["projects/p/topics/a"]
+    );
 }
