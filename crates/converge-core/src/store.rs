@@ -59,7 +59,12 @@ pub struct PullOptions {
 impl PullOptions {
     /// Up to `max_messages`, waiting up to `wait`, with the subscription's ack deadline.
     pub fn new(max_messages: usize, wait: Duration) -> Self {
-        Self { max_messages, max_bytes: None, wait, ack_deadline: None }
+        Self {
+            max_messages,
+            max_bytes: None,
+            wait,
+            ack_deadline: None,
+        }
     }
 }
 
@@ -153,7 +158,8 @@ pub trait Store: Send + Sync + 'static {
         max_messages: usize,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
-        self.pull_with(subscription, PullOptions::new(max_messages, wait)).await
+        self.pull_with(subscription, PullOptions::new(max_messages, wait))
+            .await
     }
     /// Acknowledges deliveries; one outcome per ack id, in order. Invalid ack ids change
     /// nothing.
@@ -173,15 +179,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Captures a subscription's acknowledgement state as a snapshot. `ALREADY_EXISTS` if the
     /// name is taken.
-    async fn create_snapshot(&self, snapshot: Snapshot, subscription: &SubscriptionName) -> Result<Snapshot>;
+    async fn create_snapshot(
+        &self,
+        snapshot: Snapshot,
+        subscription: &SubscriptionName,
+    ) -> Result<Snapshot>;
     /// Reads a snapshot.
     async fn get_snapshot(&self, name: &SnapshotName) -> Result<Snapshot>;
     /// Replaces a snapshot's labels and expire time (the caller applied the field mask).
     async fn update_snapshot(&self, snapshot: Snapshot) -> Result<Snapshot>;
     /// Lists a project's snapshots by name.
-    async fn list_snapshots(&self, project: &ProjectId, page: PageRequest) -> Result<Page<Snapshot>>;
+    async fn list_snapshots(
+        &self,
+        project: &ProjectId,
+        page: PageRequest,
+    ) -> Result<Page<Snapshot>>;
     /// Lists the names of a topic's snapshots.
-    async fn list_topic_snapshots(&self, topic: &TopicName, page: PageRequest) -> Result<Page<SnapshotName>>;
+    async fn list_topic_snapshots(
+        &self,
+        topic: &TopicName,
+        page: PageRequest,
+    ) -> Result<Page<SnapshotName>>;
     /// Deletes a snapshot.
     async fn delete_snapshot(&self, name: &SnapshotName) -> Result<()>;
     /// Moves a subscription to a time or a snapshot: which messages count as acknowledged.

@@ -129,26 +129,20 @@ async fn wrong_rest_method_is_405_with_allow() {
 }
 
 #[tokio::test]
-async fn grpc_streaming_pull_is_unimplemented() {
+async fn grpc_streaming_pull_reaches_the_service() {
     let server = Server::start().await;
+    server.wait_ready().await;
     let mut client = SubscriberClient::new(channel(server.addr).await);
     let first = StreamingPullRequest {
-        subscription: "projects/p/subscriptions/s".into(),
+        subscription: "projects/p/subscriptions/missing".into(),
         stream_ack_deadline_seconds: 10,
         ..Default::default()
     };
     let status = client
         .streaming_pull(tokio_stream::iter(vec![first]))
         .await
-        .expect_err("not implemented");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status
-            .message()
-            .contains("StreamingPull is not implemented yet"),
-        "{}",
-        status.message()
-    );
+        .expect_err("no such subscription");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     server.shutdown().await.expect("clean shutdown");
 }
 

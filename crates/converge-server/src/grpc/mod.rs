@@ -1,7 +1,10 @@
-//! The gRPC door: `google.pubsub.v1.Publisher` and `Subscriber`, each method a call into
-//! [`crate::service::PubSub`].
+//! The gRPC door: `google.pubsub.v1.Publisher`, `Subscriber`, `SchemaService` and the IAM
+//! mixin `google.iam.v1.IAMPolicy`, each method a call into [`crate::service::PubSub`].
 
+pub mod iam;
 mod publisher;
+pub mod schema;
+mod streaming_pull;
 pub mod stubs;
 mod subscriber;
 
@@ -11,11 +14,15 @@ use axum::Router;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+pub use iam::IamApi;
 pub use publisher::PublisherApi;
+pub use schema::SchemaApi;
 pub use subscriber::SubscriberApi;
 
 use crate::service::{ApiError, PubSub};
 use crate::state::AppState;
+use iam::stubs::i_a_m_policy_server::IAMPolicyServer as IamPolicyServer;
+use schema::stubs::schema_service_server::SchemaServiceServer;
 use stubs::publisher_server::PublisherServer;
 use stubs::subscriber_server::SubscriberServer;
 
@@ -32,15 +39,21 @@ pub fn router(state: AppState) -> Router {
     let publisher = PublisherServer::new(PublisherApi::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let subscriber = SubscriberServer::new(SubscriberApi::new(state))
+    let subscriber = SubscriberServer::new(SubscriberApi::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let schemas = SchemaServiceServer::new(SchemaApi::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let iam = IamPolicyServer::new(IamApi::new(state));
     Router::new()
         .route_service(&service_path::<PublisherServer<PublisherApi>>(), publisher)
         .route_service(
             &service_path::<SubscriberServer<SubscriberApi>>(),
             subscriber,
         )
+        .route_service(&service_path::<SchemaServiceServer<SchemaApi>>(), schemas)
+        .route_service(&service_path::<IamPolicyServer<IamApi>>(), iam)
 }
 
 /// The route catching every method of a service: `/google.pubsub.v1.Publisher/{*method}`.
@@ -77,6 +90,14 @@ mod tests {
         assert_eq!(
             service_path::<SubscriberServer<SubscriberApi>>(),
             "/google.pubsub.v1.Subscriber/{*method}"
+        );
+        assert_eq!(
+            service_path::<SchemaServiceServer<SchemaApi>>(),
+            "/google.pubsub.v1.SchemaService/{*method}"
+        );
+        assert_eq!(
+            service_path::<IamPolicyServer<IamApi>>(),
+            "/google.iam.v1.IAMPolicy/{*method}"
         );
     }
 }

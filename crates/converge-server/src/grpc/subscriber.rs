@@ -114,11 +114,9 @@ impl Subscriber for SubscriberApi {
 
     async fn streaming_pull(
         &self,
-        _request: Request<Streaming<v1::StreamingPullRequest>>,
+        request: Request<Streaming<v1::StreamingPullRequest>>,
     ) -> Result<Response<Self::StreamingPullStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamingPull is not implemented yet",
-        ))
+        super::streaming_pull::streaming_pull(&self.state, request).await
     }
 
     async fn modify_push_config(

@@ -26,6 +26,24 @@ struct ListQuery {
     page_token: Option<String>,
 }
 
+/// The other query parameters of the schema and IAM calls, in either spelling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExtraQuery {
+    #[serde(default)]
+    view: Option<String>,
+    #[serde(default, alias = "schema_id")]
+    schema_id: Option<String>,
+    #[serde(default, alias = "revision_id")]
+    revision_id: Option<String>,
+    #[serde(
+        default,
+        rename = "options.requestedPolicyVersion",
+        alias = "options.requested_policy_version"
+    )]
+    requested_policy_version: Option<String>,
+}
+
 /// Parsed paging parameters.
 #[derive(Debug, PartialEq, Eq)]
 struct Paging {
@@ -186,7 +204,151 @@ pub async fn execute(
             };
             encode(&service.list_snapshots(request).await?)
         }
+        Op::CreateSchema
+        | Op::GetSchema
+        | Op::ListSchemas
+        | Op::ListSchemaRevisions
+        | Op::CommitSchema
+        | Op::RollbackSchema
+        | Op::DeleteSchemaRevision
+        | Op::DeleteSchema
+        | Op::ValidateSchema
+        | Op::ValidateMessage
+        | Op::GetIamPolicy
+        | Op::SetIamPolicy
+        | Op::TestIamPermissions => execute_schema_or_iam(service, route.op, name, uri, body).await,
     }
+}
+
+/// Runs the SchemaService and IAM operations (the rest of [`execute`]).
+async fn execute_schema_or_iam(
+    service: &crate::service::PubSub,
+    op: Op,
+    name: String,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    use crate::grpc::iam::proto as iam;
+    match op {
+        Op::CreateSchema => {
+            let schema: v1::Schema = decode(body)?;
+            let request = v1::CreateSchemaRequest {
+                parent: name,
+                schema: Some(schema),
+                schema_id: extra_query(uri)?.schema_id.unwrap_or_default(),
+            };
+            encode(&service.create_schema(request).await?)
+        }
+        Op::GetSchema => {
+            let view = view(&extra_query(uri)?)?;
+            encode(
+                &service
+                    .get_schema(v1::GetSchemaRequest { name, view })
+                    .await?,
+            )
+        }
+        Op::ListSchemas => {
+            let q = list_query(uri)?;
+            let request = v1::ListSchemasRequest {
+                parent: name,
+                view: view(&extra_query(uri)?)?,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_schemas(request).await?)
+        }
+        Op::ListSchemaRevisions => {
+            let q = list_query(uri)?;
+            let request = v1::ListSchemaRevisionsRequest {
+                name,
+                view: view(&extra_query(uri)?)?,
+                page_size: q.page_size,
+                page_token: q.page_token,
+            };
+            encode(&service.list_schema_revisions(request).await?)
+        }
+        Op::CommitSchema => {
+            let mut request: v1::CommitSchemaRequest = decode(body)?;
+            request.name = name;
+            encode(&service.commit_schema(request).await?)
+        }
+        Op::RollbackSchema => {
+            let mut request: v1::RollbackSchemaRequest = decode(body)?;
+            request.name = name;
+            encode(&service.rollback_schema(request).await?)
+        }
+        Op::DeleteSchemaRevision => {
+            #[allow(deprecated)] // the deprecated query parameter is still honoured
+            let request = v1::DeleteSchemaRevisionRequest {
+                name,
+                revision_id: extra_query(uri)?.revision_id.unwrap_or_default(),
+            };
+            encode(&service.delete_schema_revision(request).await?)
+        }
+        Op::DeleteSchema => encode(
+            &service
+                .delete_schema(v1::DeleteSchemaRequest { name })
+                .await?,
+        ),
+        Op::ValidateSchema => {
+            let mut request: v1::ValidateSchemaRequest = decode(body)?;
+            request.parent = name;
+            encode(&service.validate_schema(request).await?)
+        }
+        Op::ValidateMessage => {
+            let mut request: v1::ValidateMessageRequest = decode(body)?;
+            request.parent = name;
+            encode(&service.validate_message(request).await?)
+        }
+        Op::GetIamPolicy => {
+            let mut request: iam::GetIamPolicyRequest = decode(body)?;
+            request.resource = name;
+            if let Some(text) = extra_query(uri)?.requested_policy_version {
+                let version = text.parse::<i32>().map_err(|_| {
+                    ApiError::invalid(format!(
+                        "Invalid value at 'options.requested_policy_version' (TYPE_INT32), \"{text}\""
+                    ))
+                })?;
+                request.options = Some(iam::GetPolicyOptions {
+                    requested_policy_version: version,
+                });
+            }
+            encode(&service.get_iam_policy(request).await?)
+        }
+        Op::SetIamPolicy => {
+            let mut request: iam::SetIamPolicyRequest = decode(body)?;
+            request.resource = name;
+            encode(&service.set_iam_policy(request).await?)
+        }
+        Op::TestIamPermissions => {
+            let mut request: iam::TestIamPermissionsRequest = decode(body)?;
+            request.resource = name;
+            encode(&service.test_iam_permissions(request).await?)
+        }
+        other => {
+            debug_assert!(false, "{other:?} is not a schema or IAM operation");
+            Err(ApiError::unimplemented(other.rpc_name()))
+        }
+    }
+}
+
+/// Reads the schema and IAM query parameters.
+fn extra_query(uri: &Uri) -> Result<ExtraQuery, ApiError> {
+    let Query(query) = Query::<ExtraQuery>::try_from_uri(uri)
+        .map_err(|e| ApiError::invalid(format!("Invalid query: {}", e.body_text())))?;
+    Ok(query)
+}
+
+/// The `view` parameter as a `SchemaView` number (by name or number); absent is unspecified.
+fn view(query: &ExtraQuery) -> Result<i32, ApiError> {
+    let Some(text) = &query.view else {
+        return Ok(0);
+    };
+    json::parse_enum::<v1::SchemaView>(text).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "Invalid value at 'view' (type.googleapis.com/google.pubsub.v1.SchemaView), \"{text}\""
+        ))
+    })
 }
 
 /// Parses a request body; a malformed one is `INVALID_ARGUMENT` with the parser's words.

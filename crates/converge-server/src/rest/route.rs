@@ -37,6 +37,19 @@ pub enum Op {
     UpdateSnapshot,
     DeleteSnapshot,
     ListSnapshots,
+    CreateSchema,
+    GetSchema,
+    ListSchemas,
+    ListSchemaRevisions,
+    CommitSchema,
+    RollbackSchema,
+    DeleteSchemaRevision,
+    DeleteSchema,
+    ValidateSchema,
+    ValidateMessage,
+    GetIamPolicy,
+    SetIamPolicy,
+    TestIamPermissions,
 }
 
 impl Op {
@@ -67,6 +80,19 @@ impl Op {
             Op::UpdateSnapshot => "UpdateSnapshot",
             Op::DeleteSnapshot => "DeleteSnapshot",
             Op::ListSnapshots => "ListSnapshots",
+            Op::CreateSchema => "CreateSchema",
+            Op::GetSchema => "GetSchema",
+            Op::ListSchemas => "ListSchemas",
+            Op::ListSchemaRevisions => "ListSchemaRevisions",
+            Op::CommitSchema => "CommitSchema",
+            Op::RollbackSchema => "RollbackSchema",
+            Op::DeleteSchemaRevision => "DeleteSchemaRevision",
+            Op::DeleteSchema => "DeleteSchema",
+            Op::ValidateSchema => "ValidateSchema",
+            Op::ValidateMessage => "ValidateMessage",
+            Op::GetIamPolicy => "GetIamPolicy",
+            Op::SetIamPolicy => "SetIamPolicy",
+            Op::TestIamPermissions => "TestIamPermissions",
         }
     }
 }
@@ -144,6 +170,52 @@ const ITEM_OPS: &[(&str, Option<&str>, Method, Op)] = &[
     ("snapshots", None, Method::GET, Op::GetSnapshot),
     ("snapshots", None, Method::PATCH, Op::UpdateSnapshot),
     ("snapshots", None, Method::DELETE, Op::DeleteSnapshot),
+    ("schemas", None, Method::GET, Op::GetSchema),
+    ("schemas", None, Method::DELETE, Op::DeleteSchema),
+    (
+        "schemas",
+        Some("listRevisions"),
+        Method::GET,
+        Op::ListSchemaRevisions,
+    ),
+    ("schemas", Some("commit"), Method::POST, Op::CommitSchema),
+    (
+        "schemas",
+        Some("rollback"),
+        Method::POST,
+        Op::RollbackSchema,
+    ),
+    (
+        "schemas",
+        Some("deleteRevision"),
+        Method::DELETE,
+        Op::DeleteSchemaRevision,
+    ),
+];
+
+/// The collections whose resources carry IAM policies (the `google.iam.v1.IAMPolicy` mixin).
+const IAM_COLLECTIONS: &[&str] = &["topics", "subscriptions", "snapshots", "schemas"];
+
+/// The IAM mixin's custom verbs: (verb, HTTP methods, operation). Pub/Sub's own REST surface
+/// reads policies with GET; the mixin's generic binding uses POST: both are accepted.
+const IAM_OPS: &[(&str, &[Method], Op)] = &[
+    (
+        "getIamPolicy",
+        &[Method::GET, Method::POST],
+        Op::GetIamPolicy,
+    ),
+    ("setIamPolicy", &[Method::POST], Op::SetIamPolicy),
+    (
+        "testIamPermissions",
+        &[Method::POST],
+        Op::TestIamPermissions,
+    ),
+];
+
+/// The custom verbs on a project's schema collection (`projects/p/schemas:validate`).
+const SCHEMA_COLLECTION_OPS: &[(&str, Op)] = &[
+    ("validate", Op::ValidateSchema),
+    ("validateMessage", Op::ValidateMessage),
 ];
 
 /// Resolves `method path` (the raw, still percent-encoded path) to an operation.
@@ -156,6 +228,31 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, RouteError> {
         .ok_or(RouteError::NotFound)?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segments.as_slice() {
+        ["projects", project, "schemas"] => {
+            let name = format!("projects/{project}");
+            match *method {
+                Method::GET => Ok(Route {
+                    op: Op::ListSchemas,
+                    name,
+                }),
+                Method::POST => Ok(Route {
+                    op: Op::CreateSchema,
+                    name,
+                }),
+                _ => Err(RouteError::MethodNotAllowed {
+                    allowed: vec![Method::GET, Method::POST],
+                }),
+            }
+        }
+        ["projects", project, last] if split_verb(last).0 == "schemas" => {
+            let verb = split_verb(last).1;
+            let op = SCHEMA_COLLECTION_OPS
+                .iter()
+                .find(|(v, _)| Some(*v) == verb)
+                .map(|(_, op)| *op)
+                .ok_or(RouteError::NotFound)?;
+            only(method, Method::POST, op, format!("projects/{project}"))
+        }
         ["projects", project, collection] if COLLECTIONS.contains(collection) => {
             let op = match *collection {
                 "topics" => Op::ListTopics,
@@ -168,6 +265,10 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, RouteError> {
             let (id, verb) = split_verb(last);
             if id.is_empty() {
                 return Err(RouteError::NotFound);
+            }
+            let name = format!("projects/{project}/{collection}/{id}");
+            if let Some(route) = iam(method, collection, verb, &name) {
+                return route;
             }
             item(
                 method,
@@ -209,6 +310,28 @@ fn decode_segment(raw: &str) -> Option<String> {
     }
     let decoded = percent_decode_str(raw).decode_utf8().ok()?.into_owned();
     (!decoded.is_empty()).then_some(decoded)
+}
+
+/// An IAM verb on a resource that carries policies; `None` when the path is no IAM call.
+fn iam(
+    method: &Method,
+    collection: &str,
+    verb: Option<&str>,
+    name: &str,
+) -> Option<Result<Route, RouteError>> {
+    if !IAM_COLLECTIONS.contains(&collection) {
+        return None;
+    }
+    let (_, methods, op) = IAM_OPS.iter().find(|(v, _, _)| Some(*v) == verb)?;
+    if !methods.contains(method) {
+        return Some(Err(RouteError::MethodNotAllowed {
+            allowed: methods.to_vec(),
+        }));
+    }
+    Some(Ok(Route {
+        op: *op,
+        name: name.to_owned(),
+    }))
 }
 
 /// A path that takes exactly one method.
@@ -462,6 +585,127 @@ mod tests {
                 allowed: vec![Method::PUT, Method::GET, Method::PATCH, Method::DELETE]
             })
         );
+    }
+
+    #[test]
+    fn schema_paths() {
+        let project = "projects/p";
+        let schema = "projects/p/schemas/s";
+        for (method, path, op, name) in [
+            (
+                Method::GET,
+                "/v1/projects/p/schemas",
+                Op::ListSchemas,
+                project,
+            ),
+            (
+                Method::POST,
+                "/v1/projects/p/schemas",
+                Op::CreateSchema,
+                project,
+            ),
+            (
+                Method::POST,
+                "/v1/projects/p/schemas:validate",
+                Op::ValidateSchema,
+                project,
+            ),
+            (
+                Method::POST,
+                "/v1/projects/p/schemas:validateMessage",
+                Op::ValidateMessage,
+                project,
+            ),
+            (
+                Method::GET,
+                "/v1/projects/p/schemas/s",
+                Op::GetSchema,
+                schema,
+            ),
+            (
+                Method::GET,
+                "/v1/projects/p/schemas/s@c7cfa2a8",
+                Op::GetSchema,
+                "projects/p/schemas/s@c7cfa2a8",
+            ),
+            (
+                Method::DELETE,
+                "/v1/projects/p/schemas/s",
+                Op::DeleteSchema,
+                schema,
+            ),
+            (
+                Method::GET,
+                "/v1/projects/p/schemas/s:listRevisions",
+                Op::ListSchemaRevisions,
+                schema,
+            ),
+            (
+                Method::POST,
+                "/v1/projects/p/schemas/s:commit",
+                Op::CommitSchema,
+                schema,
+            ),
+            (
+                Method::POST,
+                "/v1/projects/p/schemas/s:rollback",
+                Op::RollbackSchema,
+                schema,
+            ),
+            (
+                Method::DELETE,
+                "/v1/projects/p/schemas/s@c7cfa2a8:deleteRevision",
+                Op::DeleteSchemaRevision,
+                "projects/p/schemas/s@c7cfa2a8",
+            ),
+        ] {
+            assert_eq!(
+                ok(method, path),
+                Route {
+                    op,
+                    name: name.into()
+                },
+                "{path}"
+            );
+        }
+        assert_eq!(
+            resolve(&Method::PUT, "/v1/projects/p/schemas"),
+            Err(RouteError::MethodNotAllowed {
+                allowed: vec![Method::GET, Method::POST]
+            })
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/v1/projects/p/schemas:nope"),
+            Err(RouteError::NotFound)
+        );
+    }
+
+    #[test]
+    fn iam_paths_on_every_resource_that_has_policies() {
+        for collection in ["topics", "subscriptions", "snapshots", "schemas"] {
+            let name = format!("projects/p/{collection}/r");
+            let path = |verb: &str| format!("/v1/{name}:{verb}");
+            for (method, verb, op) in [
+                (Method::GET, "getIamPolicy", Op::GetIamPolicy),
+                (Method::POST, "getIamPolicy", Op::GetIamPolicy),
+                (Method::POST, "setIamPolicy", Op::SetIamPolicy),
+                (Method::POST, "testIamPermissions", Op::TestIamPermissions),
+            ] {
+                assert_eq!(
+                    ok(method, &path(verb)),
+                    Route {
+                        op,
+                        name: name.clone()
+                    }
+                );
+            }
+            assert_eq!(
+                resolve(&Method::GET, &path("setIamPolicy")),
+                Err(RouteError::MethodNotAllowed {
+                    allowed: vec![Method::POST]
+                })
+            );
+        }
     }
 
     #[test]

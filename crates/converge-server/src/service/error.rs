@@ -11,6 +11,21 @@ pub struct ApiError {
     pub code: Code,
     /// What went wrong, naming the field or resource concerned.
     pub message: String,
+    /// A `google.rpc.ErrorInfo` detail, for errors that clients read per item (exactly-once
+    /// acknowledgement failures); `None` for most errors.
+    pub error_info: Option<ErrorInfo>,
+}
+
+/// A `google.rpc.ErrorInfo` status detail: why an error happened, in a form clients parse
+/// rather than show (the official Pub/Sub clients read per-ack-id outcomes from its metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    /// The reason, UPPER_SNAKE_CASE, e.g. `EXACTLY_ONCE_ACKID_FAILURE`.
+    pub reason: String,
+    /// The service the reason belongs to, e.g. `pubsub.googleapis.com`.
+    pub domain: String,
+    /// Structured details, e.g. one entry per failed ack id.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl ApiError {
@@ -19,7 +34,14 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            error_info: None,
         }
+    }
+
+    /// The same error carrying `info` as a status detail.
+    pub fn with_error_info(mut self, info: ErrorInfo) -> Self {
+        self.error_info = Some(info);
+        self
     }
 
     /// `INVALID_ARGUMENT`.
@@ -41,8 +63,21 @@ impl ApiError {
     }
 
     /// The gRPC status.
+    /// The gRPC status; an [`ErrorInfo`] goes into the status details (`grpc-status-details-bin`,
+    /// a `google.rpc.Status` with the same code and message), where Google's clients look.
     pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.code, self.message.clone())
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let Some(info) = &self.error_info else {
+            return tonic::Status::new(self.code, self.message.clone());
+        };
+        let metadata: std::collections::HashMap<_, _> = info
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let details =
+            ErrorDetails::with_error_info(info.reason.clone(), info.domain.clone(), metadata);
+        tonic::Status::with_error_details(self.code, self.message.clone(), details)
     }
 
     /// The HTTP status Google's REST API uses for this code.
@@ -65,14 +100,23 @@ impl ApiError {
     }
 
     /// Google's JSON error body: `{"error":{"code":404,"message":"…","status":"NOT_FOUND"}}`.
+    /// With an [`ErrorInfo`], `details` holds it as Google's REST errors do
+    /// (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason", "domain", "metadata"}`).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": {
-                "code": self.http_status().as_u16(),
-                "message": self.message,
-                "status": status_name(self.code),
-            }
-        })
+        let mut error = serde_json::json!({
+            "code": self.http_status().as_u16(),
+            "message": self.message,
+            "status": status_name(self.code),
+        });
+        if let Some(info) = &self.error_info {
+            error["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": info.reason,
+                "domain": info.domain,
+                "metadata": info.metadata,
+            }]);
+        }
+        serde_json::json!({ "error": error })
     }
 }
 

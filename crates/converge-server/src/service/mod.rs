@@ -8,8 +8,12 @@
 mod convert;
 pub mod error;
 mod field_mask;
+mod iam;
 mod publisher;
+pub mod schema_validation;
+mod schemas;
 mod snapshots;
+pub mod streaming;
 mod subscriber;
 #[cfg(test)]
 mod tests;
@@ -32,6 +36,8 @@ pub struct PubSub {
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// What each open StreamingPull stream has out (see [`streaming`]).
+    streams: streaming::StreamRegistry,
 }
 
 impl std::fmt::Debug for PubSub {
@@ -46,7 +52,11 @@ impl PubSub {
     /// A service over `store`, reading the time from `clock` (so tests can move time).
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         Self {
-            inner: Arc::new(Inner { store, clock }),
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                streams: streaming::StreamRegistry::default(),
+            }),
         }
     }
 

@@ -26,11 +26,9 @@ const TOPIC_MASK: &[MaskEntry<v1::Topic>] = &[
 ///
 /// Fields with no broker semantics (KMS key, storage policy) are kept verbatim in the resource;
 /// features converge does not implement yet answer `UNIMPLEMENTED` rather than being accepted and
-/// silently ignored.
+/// silently ignored. Schema settings are kept too; their schema is checked by the async
+/// [`PubSub::check_schema_settings`] (it reads the store) and applied on publish.
 pub(super) fn topic_from_proto(resource: &v1::Topic, name: TopicName) -> Result<Topic, ApiError> {
-    if resource.schema_settings.is_some() {
-        return Err(unimplemented_feature("schema_settings: topic schemas"));
-    }
     if resource.ingestion_data_source_settings.is_some() {
         return Err(unimplemented_feature(
             "ingestion_data_source_settings: import topics",
@@ -71,6 +69,9 @@ impl PubSub {
     pub async fn create_topic(&self, req: v1::Topic) -> Result<v1::Topic, ApiError> {
         let name = TopicName::parse(&req.name)?;
         let topic = topic_from_proto(&req, name.clone())?;
+        if let Some(settings) = &req.schema_settings {
+            self.check_schema_settings(settings).await?;
+        }
         let created = self
             .store()
             .create_topic(topic)
@@ -96,6 +97,7 @@ impl PubSub {
             .await
             .map_err(store_error(name.id()))?;
         let mut resource = convert::topic_to_proto(&current)?;
+        let before = resource.clone();
         field_mask::apply(
             &mut resource,
             &patch,
@@ -105,6 +107,11 @@ impl PubSub {
             "Topic",
         )?;
         let updated = topic_from_proto(&resource, name.clone())?;
+        if let Some(settings) = &resource.schema_settings
+            && resource.schema_settings != before.schema_settings
+        {
+            self.check_schema_settings(settings).await?;
+        }
         let stored = self
             .store()
             .update_topic(updated)
@@ -114,11 +121,16 @@ impl PubSub {
         convert::topic_to_proto(&stored)
     }
 
-    /// Publish: validates the batch against the publish limits and appends it; the answer lists
-    /// the message ids, in request order, as decimal strings.
+    /// Publish: validates the batch against the topic's schema (if it has one) and the publish
+    /// limits and appends it; the answer lists the message ids, in request order, as decimal
+    /// strings. A message the schema refuses fails the whole request: nothing is stored.
     pub async fn publish(&self, req: v1::PublishRequest) -> Result<v1::PublishResponse, ApiError> {
         let topic = TopicName::parse(&req.topic)?;
-        let messages: Vec<_> = req.messages.into_iter().map(convert::new_message).collect();
+        let mut wire = req.messages;
+        if let Some(settings) = self.topic_schema_settings(&topic).await? {
+            self.validate_for_topic(&settings, &mut wire).await?;
+        }
+        let messages: Vec<_> = wire.into_iter().map(convert::new_message).collect();
         limits::validate_publish(&messages)?;
         let count = messages.len();
         let ids = self
@@ -131,6 +143,29 @@ impl PubSub {
         Ok(v1::PublishResponse {
             message_ids: ids.iter().map(ToString::to_string).collect(),
         })
+    }
+
+    /// The schema settings of a topic, if it has any; `NOT_FOUND` for a missing topic.
+    async fn topic_schema_settings(
+        &self,
+        topic: &TopicName,
+    ) -> Result<Option<v1::SchemaSettings>, ApiError> {
+        let stored = self
+            .store()
+            .get_topic(topic)
+            .await
+            .map_err(store_error(topic.id()))?;
+        if stored.resource.is_empty() {
+            return Ok(None);
+        }
+        let resource =
+            <v1::Topic as prost::Message>::decode(stored.resource.clone()).map_err(|e| {
+                ApiError::new(
+                    tonic::Code::Internal,
+                    format!("the stored topic cannot be decoded: {e}"),
+                )
+            })?;
+        Ok(resource.schema_settings)
     }
 
     /// GetTopic.
@@ -185,24 +220,23 @@ impl PubSub {
         })
     }
 
-    /// ListTopicSnapshots: always an empty page for an existing topic.
-    ///
-    /// Snapshots come in a later version of converge and CreateSnapshot answers `UNIMPLEMENTED`,
-    /// so no snapshot can exist: an empty list is the true answer, and the one the real service
-    /// gives for a topic without snapshots. The request is still validated and the topic must
-    /// exist (`NOT_FOUND` otherwise, as for ListTopicSubscriptions), so clients see the same
-    /// errors they will once snapshots exist.
+    /// ListTopicSnapshots: the names of one page of a topic's snapshots; `NOT_FOUND` for a
+    /// missing topic, as ListTopicSubscriptions.
     pub async fn list_topic_snapshots(
         &self,
         req: v1::ListTopicSnapshotsRequest,
     ) -> Result<v1::ListTopicSnapshotsResponse, ApiError> {
         let topic = TopicName::parse(&req.topic)?;
-        page_request(req.page_size, req.page_token)?;
-        self.store()
-            .get_topic(&topic)
+        let page = page_request(req.page_size, req.page_token)?;
+        let page = self
+            .store()
+            .list_topic_snapshots(&topic, page)
             .await
             .map_err(store_error(topic.id()))?;
-        Ok(v1::ListTopicSnapshotsResponse::default())
+        Ok(v1::ListTopicSnapshotsResponse {
+            snapshots: page.items.iter().map(ToString::to_string).collect(),
+            next_page_token: page.next_page_token,
+        })
     }
 
     /// DeleteTopic: the topic's subscriptions remain, showing topic `_deleted-topic_`.
@@ -212,6 +246,7 @@ impl PubSub {
             .delete_topic(&name)
             .await
             .map_err(store_error(name.id()))?;
+        self.forget_iam_policy(&name.to_string()).await?;
         tracing::debug!(topic = %name, "topic deleted");
         Ok(())
     }

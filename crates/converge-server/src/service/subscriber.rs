@@ -358,11 +358,13 @@ impl PubSub {
             .delete_subscription(&name)
             .await
             .map_err(store_error(name.id()))?;
+        self.forget_iam_policy(&name.to_string()).await?;
         tracing::debug!(subscription = %name, "subscription deleted");
         Ok(())
     }
 
-    /// ModifyAckDeadline: extends leases, or nacks them with a deadline of 0.
+    /// ModifyAckDeadline: extends leases, or nacks them with a deadline of 0. With exactly-once
+    /// delivery, invalid ack ids are reported as Acknowledge reports them.
     pub async fn modify_ack_deadline(
         &self,
         req: v1::ModifyAckDeadlineRequest,
@@ -370,24 +372,22 @@ impl PubSub {
         let name = SubscriptionName::parse(&req.subscription)?;
         let deadline = limits::modify_ack_deadline(req.ack_deadline_seconds.into())?;
         let ids = ack_ids(req.ack_ids)?;
-        self.store()
-            .modify_ack_deadline(&name, &ids, deadline)
-            .await
-            .map_err(store_error(name.id()))?;
+        let outcomes = self
+            .modify_ack_deadline_tracked(&name, &ids, deadline)
+            .await?;
         tracing::debug!(subscription = %name, count = ids.len(), deadline_secs = deadline.as_secs(), "ack deadline modified");
-        Ok(())
+        self.check_exactly_once(&name, &ids, &outcomes).await
     }
 
-    /// Acknowledge: acking an unknown or already acknowledged id is not an error.
+    /// Acknowledge: acking an unknown or already acknowledged id is not an error, except with
+    /// exactly-once delivery, where such ids are named in an `EXACTLY_ONCE_ACKID_FAILURE`
+    /// error (the valid ones are acknowledged all the same). Frees StreamingPull flow control.
     pub async fn acknowledge(&self, req: v1::AcknowledgeRequest) -> Result<(), ApiError> {
         let name = SubscriptionName::parse(&req.subscription)?;
         let ids = ack_ids(req.ack_ids)?;
-        self.store()
-            .acknowledge(&name, &ids)
-            .await
-            .map_err(store_error(name.id()))?;
+        let outcomes = self.acknowledge_tracked(&name, &ids).await?;
         tracing::debug!(subscription = %name, count = ids.len(), "acknowledged");
-        Ok(())
+        self.check_exactly_once(&name, &ids, &outcomes).await
     }
 
     /// Pull: leases up to `max_messages` (capped at [`limits::MAX_PULL_MESSAGES`]); waits up to

@@ -542,11 +542,34 @@ impl SubscriptionState {
         (self.floor, self.done.iter().copied().collect())
     }
 
-    /// Restores what [`Self::durable_progress`] captured.
+    /// Restores what [`Self::durable_progress`] captured. The floor is taken as is: a Seek may
+    /// have moved it below `start_after` (messages retained from before the subscription).
     pub fn restore_progress(&mut self, floor: u64, done: BTreeSet<u64>) {
-        self.floor = floor.max(self.floor);
-        self.cursor = self.cursor.max(self.floor);
+        self.floor = floor;
+        self.cursor = self.floor;
+        self.filtered_upto = self.filtered_upto.min(self.floor);
         self.done = done.into_iter().filter(|&id| id > self.floor).collect();
+    }
+
+    /// Whether the subscription is done with message `id` (acknowledged, or below its floor).
+    pub fn is_done(&self, id: u64) -> bool {
+        id <= self.floor || self.done.contains(&id)
+    }
+
+    /// Replaces the acknowledgement state (Seek): afterwards exactly the messages up to `floor`
+    /// and those in `done` count as done. Leases, retries and ordering holds are dropped, so
+    /// every message made unacknowledged is delivered again (and a filter judges it again).
+    pub fn seek_to(&mut self, log: &TopicLog, floor: u64, done: BTreeSet<u64>) {
+        self.deliveries.clear();
+        self.ready.clear();
+        self.leases.clear();
+        self.busy_keys.clear();
+        self.parked.clear();
+        self.floor = floor;
+        self.cursor = floor;
+        self.filtered_upto = floor;
+        self.done = done.into_iter().filter(|&id| id > floor).collect();
+        self.advance_floor(log);
     }
 
     /// Drops the whole backlog up to `upto` (detach).

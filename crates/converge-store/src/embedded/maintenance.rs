@@ -155,6 +155,7 @@ impl Inner {
                 sub.notify.notify_waiters();
             }
         }
+        records.extend(expired_pubsub_snapshots(&state, now));
         if !records.is_empty() {
             let notifies = notifies_for(&state, &records);
             let durable = inner.commit(&mut state, records, now)?;
@@ -166,35 +167,63 @@ impl Inner {
     }
 }
 
-/// Drops the oldest messages of each topic log once every reader is done with them and the
-/// topic's own retention (if any) has passed; expires old idempotency keys.
+/// Deletions of the Pub/Sub snapshots whose expire time has come.
+fn expired_pubsub_snapshots(state: &State, now: SystemTime) -> Vec<Record> {
+    state
+        .pubsub_snapshots
+        .iter()
+        .filter(|(_, s)| s.snapshot.expire_time <= now)
+        .map(|(name, _)| {
+            tracing::info!(snapshot = %name, "snapshot expired");
+            Record::PubSubSnapshotDeleted {
+                name: name.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Drops the oldest messages of each topic log once every reader is done with them, no live
+/// Pub/Sub snapshot still marks them (snapshots keep everything above their floor), and neither
+/// the topic's retention nor a reader's retention of acknowledged messages
+/// (`retain_acked_messages`) keeps them; expires old idempotency keys.
 pub(super) fn truncate_logs(state: &mut State, journal: &Journal, now: SystemTime) {
     let State {
         logs,
         subscriptions,
         subscription_names,
         live_per_segment,
+        pubsub_snapshots,
         ..
     } = state;
-    for data in logs.values_mut() {
-        let watermark = data
-            .readers
-            .iter()
-            .filter_map(|id| {
-                subscription_names
-                    .get(id)
-                    .and_then(|n| subscriptions.get(n))
-            })
+    for (&topic_id, data) in logs.iter_mut() {
+        let readers = data.readers.iter().filter_map(|id| {
+            subscription_names
+                .get(id)
+                .and_then(|n| subscriptions.get(n))
+        });
+        let watermark = readers
+            .clone()
             .map(|s| s.floor())
+            .chain(
+                pubsub_snapshots
+                    .values()
+                    .filter(|s| s.record.topic_id == topic_id)
+                    .map(|s| s.record.floor),
+            )
             .min()
             .unwrap_or(u64::MAX);
+        // Acknowledged messages a reader keeps for Seek: the longest such retention.
+        let acked_retention = readers
+            .filter(|s| s.settings.retain_acked_messages)
+            .map(|s| s.settings.message_retention)
+            .max();
         let mut released = Vec::new();
         while let Some(front) = data.log.front() {
-            let retained = data.retention.is_some_and(|r| {
-                now.duration_since(front.publish_time)
-                    .unwrap_or(Duration::ZERO)
-                    < r
-            });
+            let age = now
+                .duration_since(front.publish_time)
+                .unwrap_or(Duration::ZERO);
+            let retained =
+                data.retention.is_some_and(|r| age < r) || acked_retention.is_some_and(|r| age < r);
             if front.id > watermark || retained {
                 break;
             }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use converge_core::retry::RetrySchedule;
 use converge_core::{
-    DeadLetterPolicy, Error, NewMessage, Result, StoredMessage, Subscription, SubscriptionName,
-    Topic, TopicName,
+    DeadLetterPolicy, Error, NewMessage, Result, Snapshot, SnapshotName, StoredMessage,
+    Subscription, SubscriptionName, Topic, TopicName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +65,26 @@ pub enum Record {
         kind: String,
         /// Key within the kind.
         key: String,
+    },
+    /// A Pub/Sub snapshot was created, or its labels or expire time replaced.
+    PubSubSnapshotPut(PubSubSnapshotRecord),
+    /// A Pub/Sub snapshot was deleted (by a client or because it expired).
+    PubSubSnapshotDeleted {
+        /// Full name of the snapshot.
+        name: String,
+    },
+    /// A Seek moved a subscription's acknowledgement state: afterwards exactly the messages
+    /// with ids up to `floor`, and those in `done`, count as acknowledged.
+    ///
+    /// The resulting state is written rather than the seek's target, so that replaying the
+    /// record never depends on the clock or on what retention had dropped at the time.
+    Seek {
+        /// Engine id of the subscription.
+        subscription_id: u64,
+        /// Every message with an id up to here is acknowledged.
+        floor: u64,
+        /// Acknowledged messages above the floor.
+        done: Vec<u64>,
     },
 }
 
@@ -154,6 +174,60 @@ pub struct RetryRecord {
     pub maximum_backoff_ms: u64,
     /// Maximum retry duration, milliseconds.
     pub max_retry_duration_ms: Option<u64>,
+}
+
+/// A Pub/Sub snapshot: the acknowledgement state of a subscription at its creation.
+///
+/// Named "Pub/Sub snapshot" to keep it apart from the engine's own checkpoint (`snapshot.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PubSubSnapshotRecord {
+    /// Full name.
+    pub name: String,
+    /// Engine id of the topic log whose messages it marks.
+    pub topic_id: u64,
+    /// Full name of that topic.
+    pub topic: String,
+    /// Every message with an id up to here was acknowledged.
+    pub floor: u64,
+    /// Acknowledged messages above the floor, ascending.
+    pub done: Vec<u64>,
+    /// When it expires, nanoseconds since the epoch.
+    pub expire_time_ns: u64,
+    /// Labels.
+    pub labels: Vec<(String, String)>,
+    /// The API layer's encoding of the resource.
+    pub resource: Vec<u8>,
+}
+
+impl PubSubSnapshotRecord {
+    /// The record of a snapshot over topic log `topic_id` with the captured state.
+    pub fn from_snapshot(topic_id: u64, floor: u64, done: Vec<u64>, s: &Snapshot) -> Self {
+        debug_assert!(
+            done.iter().all(|&id| id > floor),
+            "done ids lie above the floor"
+        );
+        Self {
+            name: s.name.to_string(),
+            topic_id,
+            topic: s.topic.to_string(),
+            floor,
+            done,
+            expire_time_ns: to_ns(s.expire_time),
+            labels: labels_vec(&s.labels),
+            resource: s.resource.to_vec(),
+        }
+    }
+
+    /// The snapshot as the `Store` trait shows it.
+    pub fn to_snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            name: SnapshotName::parse(&self.name)?,
+            topic: TopicName::parse(&self.topic)?,
+            expire_time: from_ns(self.expire_time_ns),
+            labels: self.labels.iter().cloned().collect(),
+            resource: Bytes::from(self.resource.clone()),
+        })
+    }
 }
 
 /// A published message.

@@ -3,7 +3,8 @@
 //!
 //! A snapshot holds everything the log would rebuild *except message payloads*: resources,
 //! every kept message's index entry (id, position, publish time, ordering key), each
-//! subscription's floor and done set, and the idempotency keys. Recovery loads the newest
+//! subscription's floor and done set, the idempotency keys, and the Pub/Sub snapshots (the
+//! API resource, unrelated to this checkpoint but for the name). Recovery loads the newest
 //! snapshot and replays the log from the position recorded in it.
 //!
 //! A segment can be deleted once (1) no message kept in the snapshot lives in it and (2) it lies
@@ -18,15 +19,15 @@ use converge_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::delivery::SubscriptionState;
-use super::record::{SubscriptionRecord, TopicRecord, from_ns, to_ns};
+use super::record::{PubSubSnapshotRecord, SubscriptionRecord, TopicRecord, from_ns, to_ns};
 use super::state::{State, TopicData, TopicMeta};
 use super::topic_log::Entry;
 use super::wal::RecordPos;
 
 /// File name of the snapshot in the data directory.
 pub const FILE_NAME: &str = "snapshot";
-/// Bumped when the format changes incompatibly.
-const FORMAT_VERSION: u32 = 2;
+/// Bumped when the format changes incompatibly (3: Pub/Sub snapshots).
+const FORMAT_VERSION: u32 = 3;
 
 /// The serialized state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub struct Snapshot {
     logs: Vec<LogSnapshot>,
     /// API documents: (kind, key, value).
     documents: Vec<(String, String, Vec<u8>)>,
+    /// Pub/Sub snapshots, by name.
+    pubsub_snapshots: Vec<PubSubSnapshotRecord>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,8 +127,14 @@ impl Snapshot {
             .iter()
             .map(|((kind, key), value)| (kind.clone(), key.clone(), value.clone()))
             .collect();
+        let pubsub_snapshots = state
+            .pubsub_snapshots
+            .values()
+            .map(|s| s.record.clone())
+            .collect();
         Self {
             documents,
+            pubsub_snapshots,
             version: FORMAT_VERSION,
             resume_from: (resume_from.segment, resume_from.offset),
             next_message_id: state.next_message_id,
@@ -239,6 +248,9 @@ impl Snapshot {
                 .subscription_names
                 .insert(r.subscription_id, s.settings.name.clone());
             state.subscriptions.insert(s.settings.name.clone(), s);
+        }
+        for record in self.pubsub_snapshots {
+            state.apply_pubsub_snapshot_put(record)?;
         }
         Ok(state)
     }

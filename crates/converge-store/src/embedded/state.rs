@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use converge_core::message::IDEMPOTENCY_KEY_ATTRIBUTE;
-use converge_core::{Error, Result, SubscriptionName, Topic, TopicName};
+use converge_core::{Error, Result, SnapshotName, SubscriptionName, Topic, TopicName};
 
 use super::delivery::SubscriptionState;
-use super::record::{MessageRecord, Record, SubscriptionRecord, TopicRecord, from_ns};
+use super::record::{
+    MessageRecord, PubSubSnapshotRecord, Record, SubscriptionRecord, TopicRecord, from_ns,
+};
 use super::topic_log::{Entry, TopicLog};
 use super::wal::RecordPos;
 
@@ -47,6 +49,17 @@ pub struct TopicData {
     pub deleted: bool,
 }
 
+/// A live Pub/Sub snapshot (not the engine checkpoint of `snapshot.rs`): which messages of a
+/// topic log were acknowledged when it was taken. Messages above `floor` stay in the log while
+/// it lives, so that a Seek to it can deliver them again.
+#[derive(Debug, Clone)]
+pub struct PubSubSnapshot {
+    /// What the log holds about it (also what the checkpoint saves).
+    pub record: PubSubSnapshotRecord,
+    /// The snapshot as the `Store` trait shows it.
+    pub snapshot: converge_core::Snapshot,
+}
+
 /// Everything the engine knows.
 #[derive(Debug, Default)]
 pub struct State {
@@ -66,6 +79,8 @@ pub struct State {
     pub live_per_segment: BTreeMap<u64, u64>,
     /// API documents by (kind, key).
     pub documents: BTreeMap<(String, String), Vec<u8>>,
+    /// Pub/Sub snapshots by name.
+    pub pubsub_snapshots: BTreeMap<SnapshotName, PubSubSnapshot>,
 }
 
 impl State {
@@ -157,7 +172,38 @@ impl State {
                 self.documents.remove(&(kind, key));
                 Ok(())
             }
+            Record::PubSubSnapshotPut(record) => self.apply_pubsub_snapshot_put(record),
+            Record::PubSubSnapshotDeleted { name } => {
+                self.pubsub_snapshots.remove(&SnapshotName::parse(&name)?);
+                Ok(())
+            }
+            Record::Seek {
+                subscription_id,
+                floor,
+                done,
+            } => {
+                let Some(name) = self.subscription_names.get(&subscription_id) else {
+                    return Ok(());
+                };
+                let Some(sub) = self.subscriptions.get_mut(name) else {
+                    return Ok(());
+                };
+                let Some(data) = self.logs.get(&sub.log_id) else {
+                    return Ok(());
+                };
+                sub.seek_to(&data.log, floor, done.into_iter().collect());
+                sub.notify.notify_waiters();
+                Ok(())
+            }
         }
+    }
+
+    /// Stores (or replaces) a Pub/Sub snapshot.
+    pub fn apply_pubsub_snapshot_put(&mut self, record: PubSubSnapshotRecord) -> Result<()> {
+        let snapshot = record.to_snapshot()?;
+        self.pubsub_snapshots
+            .insert(snapshot.name.clone(), PubSubSnapshot { record, snapshot });
+        Ok(())
     }
 
     fn apply_topic_put(&mut self, t: TopicRecord) -> Result<()> {

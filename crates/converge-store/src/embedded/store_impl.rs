@@ -40,7 +40,9 @@ fn current_leases(
     (ids, outcomes)
 }
 
-fn page<T, K: Clone + ToString>(
+/// One page of `items` (sorted by key) after `page.page_token`, the last key of the previous
+/// page.
+pub(super) fn page<T, K: Clone + ToString>(
     items: impl Iterator<Item = (K, T)>,
     page: &PageRequest,
 ) -> Page<T> {
@@ -77,7 +79,7 @@ impl super::Inner {
     /// One write: under the state lock, `f` validates against the current state and returns
     /// the records to append (and the caller's answer); they are queued and applied, the lock is
     /// released, and the answer is returned once they are durable.
-    async fn write<T>(
+    pub(super) async fn write<T>(
         &self,
         f: impl FnOnce(&mut State, SystemTime) -> Result<(Vec<Record>, T)>,
     ) -> Result<T> {

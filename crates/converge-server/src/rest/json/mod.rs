@@ -14,6 +14,7 @@
 mod codec;
 mod enums;
 mod error;
+mod iam;
 mod names;
 pub(crate) mod object;
 mod publisher;

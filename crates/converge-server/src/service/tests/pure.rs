@@ -259,10 +259,6 @@ fn topic_validation_names_the_field_and_limit() {
         &t(|r| r.labels = HashMap::from([("converge-dedup-window".into(), "1s".into())])),
         &["converge-dedup-window"],
     );
-    assert_eq!(
-        t(|r| r.schema_settings = Some(Default::default())).code,
-        Code::Unimplemented
-    );
 }
 
 #[test]

@@ -959,32 +959,6 @@ async fn modify_push_config_accepts_only_pull() {
 }
 
 #[tokio::test]
-async fn snapshots_and_seek_are_unimplemented() {
-    let Fixture { svc, .. } = with_subscription().await;
-    let codes = [
-        svc.get_snapshot(Default::default()).await.unwrap_err().code,
-        svc.list_snapshots(Default::default())
-            .await
-            .unwrap_err()
-            .code,
-        svc.create_snapshot(Default::default())
-            .await
-            .unwrap_err()
-            .code,
-        svc.update_snapshot(Default::default())
-            .await
-            .unwrap_err()
-            .code,
-        svc.delete_snapshot(Default::default())
-            .await
-            .unwrap_err()
-            .code,
-        svc.seek(Default::default()).await.unwrap_err().code,
-    ];
-    assert!(codes.iter().all(|c| *c == Code::Unimplemented), "{codes:?}");
-}
-
-#[tokio::test]
 async fn a_topic_lists_no_snapshots() {
     let Fixture { svc, .. } = with_subscription().await;
     let req = |topic: &str| v1::ListTopicSnapshotsRequest {
