@@ -149,17 +149,10 @@ impl State {
                 subscription_id,
                 ids,
             } => {
-                let Some(name) = self.subscription_names.get(&subscription_id) else {
-                    return Ok(());
-                };
-                let Some(sub) = self.subscriptions.get_mut(name) else {
-                    return Ok(());
-                };
-                let Some(data) = self.logs.get(&sub.log_id) else {
-                    return Ok(());
-                };
-                for id in ids {
-                    sub.complete(&data.log, id, now);
+                if let Some((sub, data)) = self.subscription_by_id_mut(subscription_id) {
+                    for id in ids {
+                        sub.complete(&data.log, id, now);
+                    }
                 }
                 Ok(())
             }
@@ -182,17 +175,10 @@ impl State {
                 floor,
                 done,
             } => {
-                let Some(name) = self.subscription_names.get(&subscription_id) else {
-                    return Ok(());
-                };
-                let Some(sub) = self.subscriptions.get_mut(name) else {
-                    return Ok(());
-                };
-                let Some(data) = self.logs.get(&sub.log_id) else {
-                    return Ok(());
-                };
-                sub.seek_to(&data.log, floor, done.into_iter().collect());
-                sub.notify.notify_waiters();
+                if let Some((sub, data)) = self.subscription_by_id_mut(subscription_id) {
+                    sub.seek_to(&data.log, floor, done.into_iter().collect());
+                    sub.notify.notify_waiters();
+                }
                 Ok(())
             }
         }
@@ -297,6 +283,15 @@ impl State {
                 release_segment(&mut self.live_per_segment, entry.pos.segment);
             }
         }
+    }
+
+    /// A subscription by engine id, with the log it reads (split borrows for delivery work);
+    /// `None` when either is gone (a record may outlive what it names).
+    fn subscription_by_id_mut(&mut self, id: u64) -> Option<(&mut SubscriptionState, &TopicData)> {
+        let name = self.subscription_names.get(&id)?;
+        let sub = self.subscriptions.get_mut(name)?;
+        let data = self.logs.get(&sub.log_id)?;
+        Some((sub, data))
     }
 
     /// The engine id of a live topic.
