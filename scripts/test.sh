@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of converge, installing what they need first.
 # Usage: scripts/test.sh [extra nextest args]
+# Needs python3 (with venv) and node/npm for the compatibility suite (compat/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,8 @@ cargo nextest run --workspace --locked --profile ci "$@"
 
 step "doc tests"
 cargo test --workspace --doc --locked
+
+step "compatibility suite: the official Python and Node.js clients against converge"
+# The debug binary the tests just built; `scripts/compat.sh both` also runs the official emulator.
+CONVERGE_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/converge" \
+  scripts/compat.sh converge

@@ -63,11 +63,12 @@ impl AppState {
     pub async fn pull_until_shutdown(
         &self,
         request: v1::PullRequest,
+        client_deadline: Option<std::time::Duration>,
     ) -> Result<v1::PullResponse, ApiError> {
         let service = self.service()?.clone();
         tokio::select! {
             biased;
-            answer = service.pull(request) => answer,
+            answer = service.pull_within(request, client_deadline) => answer,
             () = self.shutdown.cancelled() => Ok(v1::PullResponse::default()),
         }
     }
@@ -129,7 +130,7 @@ mod tests {
         };
         let pulling = tokio::spawn({
             let state = state.clone();
-            async move { state.pull_until_shutdown(request).await }
+            async move { state.pull_until_shutdown(request, None).await }
         });
         tokio::task::yield_now().await;
         state.shutdown().cancel();

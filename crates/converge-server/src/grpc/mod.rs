@@ -77,9 +77,44 @@ where
     Ok(Response::new(answer))
 }
 
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, unit one of
+/// `H M S m u n`), if it sent one and it parses.
+pub(crate) fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_grpc_timeout_header() {
+        use std::time::Duration;
+        let with = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(with("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(with("2500m"), Some(Duration::from_millis(2500)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(with("5x"), None);
+        assert_eq!(with("S"), None);
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 
     #[test]
     fn routes_use_the_real_service_names() {

@@ -106,8 +106,9 @@ impl Subscriber for SubscriberApi {
         request: Request<v1::PullRequest>,
     ) -> Result<Response<v1::PullResponse>, Status> {
         let state = self.state.clone();
+        let client_deadline = super::grpc_timeout(request.metadata());
         unary(&self.state, request, |_, r| async move {
-            state.pull_until_shutdown(r).await
+            state.pull_until_shutdown(r, client_deadline).await
         })
         .await
     }

@@ -148,7 +148,7 @@ pub async fn execute(
         Op::Pull => {
             let mut request: v1::PullRequest = decode(body)?;
             request.subscription = name;
-            encode(&state.pull_until_shutdown(request).await?)
+            encode(&state.pull_until_shutdown(request, None).await?)
         }
         Op::Acknowledge => {
             let mut request: v1::AcknowledgeRequest = decode(body)?;

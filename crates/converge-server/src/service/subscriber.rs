@@ -19,6 +19,8 @@ use crate::proto as v1;
 /// the broker waited longer. Clients that want to wait longer simply pull again; clients that
 /// want a stream use StreamingPull.
 pub const PULL_LONG_POLL: Duration = Duration::from_secs(10);
+/// How long before the client's deadline a long-polling Pull answers.
+const PULL_ANSWER_MARGIN: Duration = Duration::from_millis(200);
 
 /// The paths UpdateSubscription accepts, in snake_case. `filter` and `topic` are immutable and
 /// answered with their own error before this table is consulted.
@@ -393,6 +395,17 @@ impl PubSub {
     /// Pull: leases up to `max_messages` (capped at [`limits::MAX_PULL_MESSAGES`]); waits up to
     /// [`PULL_LONG_POLL`] for a first message unless `return_immediately` is set.
     pub async fn pull(&self, req: v1::PullRequest) -> Result<v1::PullResponse, ApiError> {
+        self.pull_within(req, None).await
+    }
+
+    /// Pull, answering before `client_deadline` (the caller's remaining time, e.g. from gRPC's
+    /// `grpc-timeout`): a long poll must not outlive the client, or messages leased into an
+    /// answer nobody reads stay hidden for a whole ack deadline.
+    pub async fn pull_within(
+        &self,
+        req: v1::PullRequest,
+        client_deadline: Option<Duration>,
+    ) -> Result<v1::PullResponse, ApiError> {
         #[allow(deprecated)]
         let return_immediately = req.return_immediately;
         let name = SubscriptionName::parse(&req.subscription)?;
@@ -400,7 +413,11 @@ impl PubSub {
         let wait = if return_immediately {
             Duration::ZERO
         } else {
-            PULL_LONG_POLL
+            let answer_by = client_deadline.map_or(PULL_LONG_POLL, |d| {
+                // Leave the answer time to travel back.
+                d.saturating_sub(PULL_ANSWER_MARGIN.min(d / 2))
+            });
+            PULL_LONG_POLL.min(answer_by)
         };
         let received = self
             .store()

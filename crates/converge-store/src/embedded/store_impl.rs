@@ -450,6 +450,11 @@ impl Store for EmbeddedStore {
                     return Ok((Vec::new(), outcomes));
                 }
                 metrics::counter!("converge_messages_acked_total").increment(ids.len() as u64);
+                if sub.settings.enable_message_ordering {
+                    // An ack frees its ordering key: the key's next message is deliverable now.
+                    // Waiters take the state lock only after this write is applied.
+                    sub.notify.notify_waiters();
+                }
                 let subscription_id = sub.id;
                 Ok((
                     vec![Record::Done {

@@ -1424,3 +1424,40 @@ async fn snapshots_and_seeks_survive_restarts() {
         "the seek to the snapshot survives a checkpointed restart"
     );
 }
+
+#[tokio::test]
+async fn an_ack_wakes_a_long_poll_waiting_for_the_next_message_of_its_key() {
+    let f = open_memory();
+    let s = f.store.clone();
+    s.create_topic(topic("top1")).await.unwrap();
+    let mut sub = subscription("ordered", "top1");
+    sub.enable_message_ordering = true;
+    // A long lease, so only the ack (not the lease's expiry) can wake the waiter in time.
+    sub.ack_deadline = Duration::from_secs(600);
+    s.create_subscription(sub).await.unwrap();
+    s.publish(
+        &topic_name("top1"),
+        vec![msg_with("k1", &[], "k"), msg_with("k2", &[], "k")],
+    )
+    .await
+    .unwrap();
+    let first = pull_now(&s, "ordered").await;
+    assert_eq!(data(&first), ["k1"]);
+    let waiter = tokio::spawn({
+        let s = s.clone();
+        async move {
+            s.pull(&sub_name("ordered"), 10, Duration::from_secs(30))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    s.acknowledge(&sub_name("ordered"), &[first[0].ack_id.clone()])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken by the ack")
+        .unwrap()
+        .unwrap();
+    assert_eq!(data(&got), ["k2"]);
+}
