@@ -186,7 +186,7 @@ pub struct TopicCreateArgs {
 #[derive(Debug, Subcommand)]
 pub enum SubscriptionsCommand {
     /// Create a subscription to a topic
-    Create(SubscriptionCreateArgs),
+    Create(Box<SubscriptionCreateArgs>),
     /// List the subscriptions of the project
     #[command(visible_alias = "ls")]
     List,
@@ -194,7 +194,7 @@ pub enum SubscriptionsCommand {
     #[command(visible_alias = "describe")]
     Get(SubscriptionNameArg),
     /// Change a subscription: only the settings given are sent (as the update mask)
-    Update(SubscriptionUpdateArgs),
+    Update(Box<SubscriptionUpdateArgs>),
     /// Delete a subscription
     #[command(visible_alias = "rm")]
     Delete(SubscriptionNameArg),
@@ -308,6 +308,18 @@ pub struct SubscriptionSettings {
     /// Label, key=value (repeatable)
     #[arg(long = "label", value_parser = parse::key_value, value_name = "KEY=VALUE")]
     pub labels: Vec<(String, String)>,
+    /// Deliver by push: the broker POSTs each message to this URL ('' turns push off)
+    #[arg(long, value_name = "URL")]
+    pub push_endpoint: Option<String>,
+    /// Push the raw message data instead of the JSON envelope
+    #[arg(long)]
+    pub push_no_wrapper: bool,
+    /// With --push-no-wrapper: send attributes and message metadata as HTTP headers
+    #[arg(long, requires = "push_no_wrapper")]
+    pub push_write_metadata: bool,
+    /// Push config attribute, key=value (repeatable), e.g. x-goog-version=v1
+    #[arg(long = "push-attribute", value_parser = parse::key_value, value_name = "KEY=VALUE")]
+    pub push_attributes: Vec<(String, String)>,
 }
 
 /// `converge publish`.

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod push;
 pub mod rest;
 pub mod run;
 pub mod service;

@@ -4,7 +4,7 @@
 //! answer `/healthz` at once and `/readyz` 503 while the store opens in the background (API calls
 //! answer `UNAVAILABLE` meanwhile), then serve. On the shutdown signal: `/readyz` turns 503, long
 //! polls answer with what they have, the listener stops accepting, in-flight requests finish,
-//! maintenance stops and the store is closed, all within `shutdown_grace`.
+//! push delivery and maintenance stop and the store is closed, all within `shutdown_grace`.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::push::PushDispatcher;
+use crate::push::auth::PushAuth;
 use crate::service::PubSub;
 use crate::state::AppState;
 
@@ -74,7 +76,8 @@ pub fn app(state: AppState, test_clock: Option<OffsetClock>) -> Router {
         .merge(crate::grpc::router(state.clone()))
         .merge(crate::rest::router(state.clone()))
         .merge(crate::health::router(state.clone()))
-        .merge(crate::metrics::router(state.clone()));
+        .merge(crate::metrics::router(state.clone()))
+        .merge(crate::push::auth::jwks_router(state.clone()));
     if let Some(clock) = test_clock {
         router = router.merge(crate::admin::router(state, clock));
     }
@@ -113,7 +116,7 @@ async fn serve(
     let mut opening = Some(tokio::task::spawn_blocking(move || {
         EmbeddedStore::open(options, store_clock)
     }));
-    let mut maintenance = None;
+    let mut live = None;
 
     loop {
         tokio::select! {
@@ -127,7 +130,7 @@ async fn serve(
                 anyhow::bail!("the HTTP server stopped before shutdown was requested");
             }
             opened = finish_opening(&mut opening) => match opened {
-                Ok(store) => maintenance = Some(go_live(store, clock.clone(), &state, addr, &config)),
+                Ok(store) => live = Some(go_live(store, clock.clone(), &state, addr, &config)),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "cannot open the store; stopping");
                     token.cancel();
@@ -140,11 +143,8 @@ async fn serve(
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining requests");
     let abort = server.abort_handle();
-    let drained = tokio::time::timeout(
-        config.shutdown_grace,
-        drain(server, opening, maintenance, &state),
-    )
-    .await;
+    let drained =
+        tokio::time::timeout(config.shutdown_grace, drain(server, opening, live, &state)).await;
     match drained {
         Ok(result) => result,
         Err(_) => {
@@ -166,23 +166,34 @@ async fn finish_opening(opening: &mut Option<Opening>) -> anyhow::Result<Embedde
         .context("cannot open the store")
 }
 
-/// The store is open: serve the API from it, start its maintenance, and say so.
+/// The background work that runs once the store is open.
+struct Live {
+    /// The store's periodic work.
+    maintenance: JoinHandle<()>,
+    /// Push delivery.
+    push: PushDispatcher,
+}
+
+/// The store is open: serve the API from it, start its maintenance and push delivery, and say
+/// so.
 fn go_live(
     store: EmbeddedStore,
     clock: Arc<dyn Clock>,
     state: &AppState,
     addr: SocketAddr,
     config: &ServerConfig,
-) -> JoinHandle<()> {
+) -> Live {
     let store: Arc<dyn Store> = Arc::new(store);
     let maintenance = tokio::spawn(maintain(store.clone(), state.shutdown().clone()));
+    let auth = PushAuth::new(store.clone(), config.data_dir.as_deref());
+    let push = PushDispatcher::start(store.clone(), auth, state.shutdown());
     state.set_service(PubSub::new(store, clock));
     let data_dir = config
         .data_dir
         .as_ref()
         .map_or_else(|| "(memory)".to_owned(), |d| d.display().to_string());
     tracing::info!(listen = %addr, store = "embedded", data_dir = %data_dir, "converge is ready");
-    maintenance
+    Live { maintenance, push }
 }
 
 /// The server task's answer.
@@ -190,14 +201,22 @@ type Served = JoinHandle<std::io::Result<()>>;
 /// The store-opening task's answer.
 type Opening = JoinHandle<converge_core::Result<EmbeddedStore>>;
 
-/// After the shutdown signal: waits for in-flight requests and maintenance to finish, then
-/// closes the store (waiting for it to finish opening first, if shutdown came that early).
+/// After the shutdown signal: stops push delivery, waits for in-flight requests and maintenance
+/// to finish, then closes the store (waiting for it to finish opening first, if shutdown came
+/// that early).
 async fn drain(
     server: Served,
     opening: Option<Opening>,
-    maintenance: Option<JoinHandle<()>>,
+    live: Option<Live>,
     state: &AppState,
 ) -> anyhow::Result<()> {
+    let maintenance = match live {
+        Some(Live { maintenance, push }) => {
+            push.stop().await;
+            Some(maintenance)
+        }
+        None => None,
+    };
     server
         .await
         .context("the HTTP server panicked")?

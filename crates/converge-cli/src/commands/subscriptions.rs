@@ -2,8 +2,8 @@
 
 use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
     DeadLetterPolicy, DeleteSubscriptionRequest, DetachSubscriptionRequest, ExpirationPolicy,
-    GetSubscriptionRequest, ListSubscriptionsRequest, RetryPolicy, Subscription,
-    UpdateSubscriptionRequest,
+    GetSubscriptionRequest, ListSubscriptionsRequest, PushConfig, RetryPolicy, Subscription,
+    UpdateSubscriptionRequest, push_config,
 };
 use prost_types::FieldMask;
 use serde_json::{Value, json};
@@ -24,13 +24,13 @@ const PAGE_SIZE: i32 = 1000;
 /// Runs one subscriptions command.
 pub async fn run(ctx: &Context, command: SubscriptionsCommand) -> anyhow::Result<()> {
     match command {
-        SubscriptionsCommand::Create(args) => create(ctx, args).await,
+        SubscriptionsCommand::Create(args) => create(ctx, *args).await,
         SubscriptionsCommand::List => list(ctx).await,
         SubscriptionsCommand::Get(arg) => {
             let subscription = get(ctx, arg.name.expand(&ctx.project)?.to_string()).await?;
             show(ctx, &subscription)
         }
-        SubscriptionsCommand::Update(args) => update(ctx, args).await,
+        SubscriptionsCommand::Update(args) => update(ctx, *args).await,
         SubscriptionsCommand::Delete(arg) => {
             let subscription = arg.name.expand(&ctx.project)?.to_string();
             tracing::debug!(subscription = %subscription, "delete subscription");
@@ -252,6 +252,7 @@ fn apply(
         subscription.expiration_policy = Some(ExpirationPolicy { ttl });
         mask.add("expiration_policy");
     }
+    apply_push(subscription, settings, &mut mask);
     let converge_labels = [
         (
             retry::LABEL_PRESET,
@@ -281,6 +282,31 @@ fn apply(
         mask.add("labels");
     }
     Ok(mask.0)
+}
+
+/// Writes the `--push-*` settings into the push config.
+fn apply_push(subscription: &mut Subscription, settings: &SubscriptionSettings, mask: &mut Mask) {
+    let given = settings.push_endpoint.is_some()
+        || settings.push_no_wrapper
+        || !settings.push_attributes.is_empty();
+    if !given {
+        return;
+    }
+    let config = subscription
+        .push_config
+        .get_or_insert_with(PushConfig::default);
+    if let Some(endpoint) = &settings.push_endpoint {
+        config.push_endpoint.clone_from(endpoint);
+    }
+    if settings.push_no_wrapper {
+        config.wrapper = Some(push_config::Wrapper::NoWrapper(push_config::NoWrapper {
+            write_metadata: settings.push_write_metadata,
+        }));
+    }
+    config
+        .attributes
+        .extend(settings.push_attributes.iter().cloned());
+    mask.add("push_config");
 }
 
 /// [`apply`] plus the settings only `update` has; fails when nothing would change.
@@ -332,7 +358,18 @@ fn show(ctx: &Context, s: &Subscription) -> anyhow::Result<()> {
                     duration_text(p.maximum_backoff.as_ref())
                 )
             })
-            .unwrap_or_else(|| "immediate redelivery".into());
+            .unwrap_or_else(|| {
+                let push = s
+                    .push_config
+                    .as_ref()
+                    .is_some_and(|c| !c.push_endpoint.is_empty());
+                // Without a retry policy the broker backs off push deliveries anyway.
+                if push {
+                    "push backoff 100ms to 60s".into()
+                } else {
+                    "immediate redelivery".into()
+                }
+            });
         let expiration = match &s.expiration_policy {
             Some(ExpirationPolicy { ttl: None }) => "never".to_owned(),
             Some(ExpirationPolicy { ttl }) => {
@@ -357,6 +394,13 @@ fn show(ctx: &Context, s: &Subscription) -> anyhow::Result<()> {
             ),
             ("retainAckedMessages", s.retain_acked_messages.to_string()),
             ("expirationPolicy", expiration),
+            (
+                "pushEndpoint",
+                s.push_config
+                    .as_ref()
+                    .map(|c| c.push_endpoint.clone())
+                    .unwrap_or_default(),
+            ),
             ("detached", s.detached.to_string()),
             ("labels", pairs(&s.labels)),
         ])
@@ -416,13 +460,48 @@ mod tests {
             .into_iter()
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Subscriptions(SubscriptionsCommand::Update(args)) => args,
+            Command::Subscriptions(SubscriptionsCommand::Update(args)) => *args,
             other => panic!("unexpected {other:?}"),
         }
     }
 
     fn project() -> ProjectId {
         ProjectId::new("p").unwrap()
+    }
+
+    #[test]
+    fn push_flags_fill_the_push_config() {
+        let mut s = Subscription::default();
+        let args = update_args(&[
+            "--push-endpoint",
+            "http://127.0.0.1:9/in",
+            "--push-no-wrapper",
+            "--push-write-metadata",
+            "--push-attribute",
+            "x-goog-version=v1",
+        ]);
+        let paths = apply_update(&mut s, &args, &project()).unwrap();
+        assert_eq!(paths, ["push_config"]);
+        let config = s.push_config.unwrap();
+        assert_eq!(config.push_endpoint, "http://127.0.0.1:9/in");
+        assert_eq!(
+            config.wrapper,
+            Some(push_config::Wrapper::NoWrapper(push_config::NoWrapper {
+                write_metadata: true
+            }))
+        );
+        assert_eq!(pairs(&config.attributes), "x-goog-version=v1");
+        let metadata_alone = Cli::try_parse_from([
+            "converge",
+            "subscriptions",
+            "update",
+            "work",
+            "--push-write-metadata",
+        ]);
+        assert!(
+            metadata_alone.is_err(),
+            "--push-write-metadata needs --push-no-wrapper"
+        );
     }
 
     #[test]

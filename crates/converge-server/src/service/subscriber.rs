@@ -11,6 +11,7 @@ use super::field_mask::{self, MaskEntry, mask_entry};
 use super::publisher::unimplemented_feature;
 use super::{ApiError, PubSub, page_request, store_error};
 use crate::proto as v1;
+use crate::push::auth::webhook::{self, Origin, SecretChange};
 
 /// How long a Pull without `return_immediately` waits for a message before answering with none.
 ///
@@ -67,16 +68,33 @@ const IMMUTABLE_SUBSCRIPTION_FIELDS: &[(&str, &str)] = &[
     ("name", "the name of a subscription cannot be changed"),
 ];
 
-/// Answers `UNIMPLEMENTED` for a push endpoint: push delivery comes in a later version, and
-/// accepting the endpoint would silently never deliver. An empty endpoint means pull and is fine.
+/// Checks a push config: an empty endpoint means pull; otherwise the endpoint must be an absolute
+/// `http` or `https` URL. The real service requires `https`; converge also takes `http` so that
+/// local receivers (tests, development) need no certificate.
 pub(super) fn check_push_config(config: Option<&v1::PushConfig>) -> Result<(), ApiError> {
-    match config {
-        Some(c) if !c.push_endpoint.is_empty() => Err(ApiError::new(
-            tonic::Code::Unimplemented,
-            "push subscriptions are not implemented yet",
-        )),
-        _ => Ok(()),
+    let Some(endpoint) = config.map(|c| c.push_endpoint.as_str()) else {
+        return Ok(());
+    };
+    if endpoint.is_empty() {
+        return Ok(());
     }
+    let valid = http::Uri::try_from(endpoint).is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+    });
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "Invalid push_config.push_endpoint: {endpoint:?} is not an absolute http(s) URL"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a resource is a push subscription.
+fn is_push(resource: &v1::Subscription) -> bool {
+    resource
+        .push_config
+        .as_ref()
+        .is_some_and(|c| !c.push_endpoint.is_empty())
 }
 
 /// What a subscription keeps from before an update (or gets at creation) that the client's
@@ -144,7 +162,8 @@ pub(super) fn subscription_from_proto(
     let retry = RetrySchedule::resolve(
         retry_backoffs(resource.retry_policy.as_ref())?,
         &resource.labels,
-    )?;
+    )?
+    .or_else(|| is_push(resource).then(crate::push::default_push_retry));
     Ok(Subscription {
         name,
         topic: kept.topic,
@@ -231,10 +250,24 @@ impl PubSub {
         Ok(())
     }
 
+    /// Stores, keeps or deletes the push webhook secret of `name` once its resource is written
+    /// (never before: a refused request must not replace the secret of an existing
+    /// subscription). The secret itself never enters the resource; see
+    /// [`crate::push::auth::webhook`].
+    async fn save_webhook_secret(
+        &self,
+        name: &SubscriptionName,
+        change: &SecretChange,
+    ) -> Result<(), ApiError> {
+        webhook::save(self.store().as_ref(), &name.to_string(), change)
+            .await
+            .map_err(ApiError::from)
+    }
+
     /// CreateSubscription: validates the resource; the topic (and dead-letter topic) must exist.
     pub async fn create_subscription(
         &self,
-        req: v1::Subscription,
+        mut req: v1::Subscription,
     ) -> Result<v1::Subscription, ApiError> {
         let name = SubscriptionName::parse(&req.name)?;
         let topic = TopicName::parse(&req.topic)?;
@@ -243,6 +276,7 @@ impl PubSub {
             created: self.now(),
             detached: false,
         };
+        let secret = webhook::take_webhook_secret(req.push_config.as_mut(), Origin::Create)?;
         let sub = subscription_from_proto(&req, name.clone(), kept)?;
         self.store()
             .get_topic(&topic)
@@ -254,8 +288,11 @@ impl PubSub {
             .create_subscription(sub)
             .await
             .map_err(store_error(name.id()))?;
+        self.save_webhook_secret(&name, &secret).await?;
         tracing::debug!(subscription = %name, topic = %topic, "subscription created");
-        convert::subscription_to_proto(&created)
+        let mut answer = convert::subscription_to_proto(&created)?;
+        webhook::reveal(&mut answer, &secret);
+        Ok(answer)
     }
 
     /// GetSubscription.
@@ -309,6 +346,7 @@ impl PubSub {
             REQUEST,
             "Subscription",
         )?;
+        let secret = webhook::take_webhook_secret(resource.push_config.as_mut(), Origin::Update)?;
         let kept = Kept {
             topic: current.topic.clone(),
             created: current.created,
@@ -323,8 +361,11 @@ impl PubSub {
             .update_subscription(updated)
             .await
             .map_err(store_error(name.id()))?;
+        self.save_webhook_secret(&name, &secret).await?;
         tracing::debug!(subscription = %name, paths = ?paths, "subscription updated");
-        convert::subscription_to_proto(&stored)
+        let mut answer = convert::subscription_to_proto(&stored)?;
+        webhook::reveal(&mut answer, &secret);
+        Ok(answer)
     }
 
     /// ListSubscriptions: one page of a project's subscriptions, sorted by name.
@@ -361,6 +402,8 @@ impl PubSub {
             .await
             .map_err(store_error(name.id()))?;
         self.forget_iam_policy(&name.to_string()).await?;
+        self.save_webhook_secret(&name, &SecretChange::Remove)
+            .await?;
         tracing::debug!(subscription = %name, "subscription deleted");
         Ok(())
     }
@@ -434,18 +477,35 @@ impl PubSub {
         })
     }
 
-    /// ModifyPushConfig: only turning a subscription into (or keeping it) a pull subscription is
-    /// supported until push delivery lands.
+    /// ModifyPushConfig: replaces the push config (none or an empty endpoint = pull). The push
+    /// dispatcher notices the change and starts or stops delivering.
     pub async fn modify_push_config(
         &self,
         req: v1::ModifyPushConfigRequest,
     ) -> Result<(), ApiError> {
         let name = SubscriptionName::parse(&req.subscription)?;
-        self.store()
+        check_push_config(req.push_config.as_ref())?;
+        let current = self
+            .store()
             .get_subscription(&name)
             .await
             .map_err(store_error(name.id()))?;
-        check_push_config(req.push_config.as_ref())?;
+        let mut resource = convert::subscription_to_proto(&current)?;
+        let mut push_config = req.push_config;
+        let secret = webhook::take_webhook_secret(push_config.as_mut(), Origin::ModifyPushConfig)?;
+        resource.push_config = push_config;
+        let kept = Kept {
+            topic: current.topic.clone(),
+            created: current.created,
+            detached: current.detached,
+        };
+        let updated = subscription_from_proto(&resource, name.clone(), kept)?;
+        self.store()
+            .update_subscription(updated)
+            .await
+            .map_err(store_error(name.id()))?;
+        self.save_webhook_secret(&name, &secret).await?;
+        tracing::debug!(subscription = %name, push = is_push(&resource), "push config modified");
         Ok(())
     }
 }

@@ -526,14 +526,11 @@ async fn create_subscription_checks_topics_and_push() {
         push_endpoint: "https://example.com/push".into(),
         ..Default::default()
     });
-    assert_error(
-        svc.create_subscription(push).await.unwrap_err(),
-        Code::Unimplemented,
-        "push subscriptions",
-    );
+    let created = svc.create_subscription(push).await.unwrap();
     assert_eq!(
-        absent("projects/p/subscriptions/sub3").await,
-        Code::NotFound
+        created.push_config.unwrap().push_endpoint,
+        "https://example.com/push",
+        "a push subscription is created with its endpoint"
     );
 
     let got = svc
@@ -586,13 +583,6 @@ async fn update_subscription_honours_masks_and_immutability() {
         svc.update_subscription(req(&[])).await.unwrap_err(),
         Code::InvalidArgument,
         "update_mask",
-    );
-    assert_error(
-        svc.update_subscription(req(&["pushConfig.pushEndpoint"]))
-            .await
-            .unwrap_err(),
-        Code::Unimplemented,
-        "push",
     );
 
     let out = svc
@@ -921,7 +911,7 @@ async fn delivery_attempts_are_counted_with_a_dead_letter_policy() {
 }
 
 #[tokio::test]
-async fn modify_push_config_accepts_only_pull() {
+async fn modify_push_config_switches_between_pull_and_push() {
     let Fixture { svc, .. } = with_subscription().await;
     let req = |sub: &str, endpoint: &str| v1::ModifyPushConfigRequest {
         subscription: sub.into(),
@@ -930,25 +920,25 @@ async fn modify_push_config_accepts_only_pull() {
             ..Default::default()
         }),
     };
-    svc.modify_push_config(req(SUB, "")).await.unwrap();
-    assert_error(
-        svc.modify_push_config(req(SUB, "https://x"))
+    let endpoint = || async {
+        let got = svc
+            .get_subscription(v1::GetSubscriptionRequest {
+                subscription: SUB.into(),
+            })
             .await
-            .unwrap_err(),
-        Code::Unimplemented,
-        "push subscriptions",
-    );
-    let got = svc
-        .get_subscription(v1::GetSubscriptionRequest {
-            subscription: SUB.into(),
-        })
+            .unwrap();
+        got.push_config.map(|c| c.push_endpoint).unwrap_or_default()
+    };
+    svc.modify_push_config(req(SUB, "https://x.example/push"))
         .await
         .unwrap();
-    let endpoint = got.push_config.map(|c| c.push_endpoint).unwrap_or_default();
     assert_eq!(
-        endpoint, "",
-        "the subscription is still a pull subscription"
+        endpoint().await,
+        "https://x.example/push",
+        "now a push subscription"
     );
+    svc.modify_push_config(req(SUB, "")).await.unwrap();
+    assert_eq!(endpoint().await, "", "and back to pull");
     assert_error(
         svc.modify_push_config(req("projects/p/subscriptions/nope", ""))
             .await
