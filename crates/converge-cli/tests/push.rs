@@ -324,6 +324,97 @@ async fn wrapped_and_unwrapped_bodies_and_acks() {
     assert!(logged["duration"].is_u64() && logged["attempt"].is_u64());
 }
 
+/// A receiver checks a push the way a real one would: the bearer token against the broker's
+/// JWKS, and the Standard Webhooks signature against the secret it was given once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_carry_a_verifiable_token_and_webhook_signature() {
+    use hmac::{Hmac, Mac};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+
+    let (broker, grpc, topic) = setup().await;
+    let receiver = Receiver::start(|_, _| Reply::status(204)).await;
+    let mut sub = push_subscription(&new_subscription_name("signed"), &topic, &receiver.url());
+    let config = sub.push_config.as_mut().unwrap();
+    config.authentication_method = Some(pubsub::push_config::AuthenticationMethod::OidcToken(
+        pubsub::push_config::OidcToken {
+            service_account_email: "pusher@p.iam.gserviceaccount.com".into(),
+            audience: "https://billing.example".into(),
+        },
+    ));
+    config
+        .attributes
+        .insert("converge-webhook-secret".into(), "generate".into());
+    let created = grpc.create_subscription(sub).await;
+    let secret =
+        created.push_config.as_ref().unwrap().attributes["converge-webhook-secret"].clone();
+    assert!(
+        secret.starts_with("whsec_"),
+        "the generated secret is returned once: {secret}"
+    );
+    let shown = grpc.get_subscription(&created.name).await.unwrap();
+    assert_eq!(
+        shown.push_config.unwrap().attributes["converge-webhook-secret"],
+        "configured",
+        "and never shown again"
+    );
+
+    let ids = grpc.publish_data(&topic, &["signed"]).await;
+    let seen = receiver
+        .wait_until("the signed push", |s| !s.is_empty())
+        .await;
+    let push = &seen[0];
+
+    // The bearer token verifies with the key the JWKS publishes under its kid.
+    let token = push.headers["authorization"]
+        .strip_prefix("Bearer ")
+        .expect("a bearer token");
+    let kid = decode_header(token).unwrap().kid.expect("a kid");
+    let http = broker.http();
+    let jwks: Value = http
+        .client
+        .get(http.url("/converge/push/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("the token's key is published");
+    let key =
+        DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
+            .unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(&["https://billing.example"]);
+    validation.set_issuer(&["https://accounts.google.com"]);
+    let claims = decode::<Value>(token, &key, &validation)
+        .expect("the token verifies")
+        .claims;
+    assert_eq!(claims["email"], "pusher@p.iam.gserviceaccount.com");
+    assert_eq!(claims["email_verified"], true);
+
+    // The webhook signature is HMAC-SHA256 over "{id}.{timestamp}.{body}" with the secret.
+    let id = &push.headers["webhook-id"];
+    assert_eq!(id, &ids[0]);
+    let timestamp = &push.headers["webhook-timestamp"];
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&push.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(push.headers["webhook-signature"], format!("v1,{expected}"));
+    assert!(
+        broker.logs().iter().all(|line| !line.contains(&secret)),
+        "the secret never reaches the logs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_retried_on_the_retry_schedule_then_succeed() {
     let (_broker, grpc, topic) = setup().await;
