@@ -94,15 +94,32 @@ struct Settled {
     epoch: u64,
 }
 
-/// Parses `Retry-After` given in seconds (the HTTP-date form is rare for these codes and ignored).
+/// How long a 429 or 503 asks us to wait: `Retry-After` in seconds or as an HTTP date.
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let status = response.status().as_u16();
     if status != 429 && status != 503 {
         return None;
     }
-    let value = response.headers().get(http::header::RETRY_AFTER)?;
-    let seconds: u64 = value.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+    let value = response
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    parse_retry_after(value, std::time::SystemTime::now())
+}
+
+/// `Retry-After`'s two forms (RFC 9110): delay seconds, or an HTTP date (a date in the past
+/// means no wait); capped at [`MAX_RETRY_AFTER`].
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Starts the worker of one subscription; it runs until `cancel` fires or the subscription is
@@ -341,6 +358,26 @@ async fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        use std::time::UNIX_EPOCH;
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("99999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
 
     #[test]
     fn only_the_documented_codes_acknowledge() {
