@@ -98,4 +98,6 @@ pub struct ReceivedMessage {
     /// How many times the message has been delivered on this subscription, this delivery
     /// included; 0 when the subscription has no dead-letter policy (as in Pub/Sub).
     pub delivery_attempt: u32,
+    /// The same count whatever the policy, for the broker's own logs (push requests).
+    pub attempts: u32,
 }

@@ -174,6 +174,7 @@ mod tests {
                 ordering_key: String::new(),
             },
             delivery_attempt: attempt,
+            attempts: attempt.max(1),
         }
     }
 

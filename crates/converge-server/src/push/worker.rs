@@ -288,7 +288,7 @@ async fn send(sender: Sender, target: Target, received: ReceivedMessage, epoch: 
         endpointHost = %host,
         status = outcome.status(),
         outcome = outcome.label(),
-        attempt = received.delivery_attempt,
+        attempt = received.attempts,
         duration = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         messageId = %received.message.id,
         "push request"

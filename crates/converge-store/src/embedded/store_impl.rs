@@ -410,6 +410,7 @@ impl Store for EmbeddedStore {
                             ack_id: t.ack_id,
                             message: t.message,
                             delivery_attempt: if has_dead_letter { t.attempts } else { 0 },
+                            attempts: t.attempts,
                         })
                         .collect());
                 }

@@ -174,6 +174,7 @@ fn a_received_message_carries_id_time_and_attempt() {
             ordering_key: "ok".into(),
         },
         delivery_attempt: 3,
+        attempts: 3,
     };
     let out = convert::received_message(r);
     assert_eq!(out.ack_id, "ack-1");
