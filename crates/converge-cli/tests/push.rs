@@ -64,6 +64,9 @@ impl Reply {
     }
 }
 
+/// A reply "status" that makes the receiver close the connection without answering.
+const RESET: u16 = 0;
+
 /// The receiver's script: given the request and how many requests with the same message id came
 /// before it (0 for the first), the reply.
 type Script = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
@@ -202,6 +205,10 @@ async fn connection(
         let reply = script(&seen, before);
         log.lock().unwrap().push(seen);
         tokio::time::sleep(reply.delay).await;
+        if reply.status == RESET {
+            // Drop the connection mid-exchange: the broker sees a reset, not an answer.
+            return;
+        }
         let mut response = format!("HTTP/1.1 {} X\r\ncontent-length: 0\r\n", reply.status);
         for (k, v) in &reply.headers {
             response.push_str(&format!("{k}: {v}\r\n"));
@@ -450,6 +457,41 @@ async fn errors_are_retried_on_the_retry_schedule_then_succeed() {
         })
         .await;
     assert_eq!(receiver.attempts(&ids[0]).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_is_a_failure_that_is_retried() {
+    let (broker, grpc, topic) = setup().await;
+    // The first two attempts of every message lose their connection; the third succeeds.
+    let receiver = Receiver::start(|_, before| {
+        if before < 2 {
+            Reply::status(RESET)
+        } else {
+            Reply::status(204)
+        }
+    })
+    .await;
+    let mut sub = push_subscription(&new_subscription_name("reset"), &topic, &receiver.url());
+    sub.retry_policy = retry(Duration::from_millis(100), Duration::from_millis(400));
+    let sub = grpc.create_subscription(sub).await.name;
+    let ids = grpc.publish_data(&topic, &["flaky"]).await;
+    receiver
+        .wait_until("three attempts", |s| s.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.attempts(&ids[0]).len(),
+        3,
+        "nothing is sent after the success"
+    );
+    let failed = broker.wait_for_log(PATIENCE, |l| {
+        l["logType"] == "REQUEST_OUTBOUND" && l["messageId"] == ids[0].as_str() && l["attempt"] == 1
+    });
+    assert_ne!(
+        failed["outcome"], "success",
+        "a reset is not a success: {failed}"
+    );
+    assert_eq!(broker.backlog(&sub).await.unwrap_or(0), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
