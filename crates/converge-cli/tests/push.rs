@@ -220,6 +220,22 @@ async fn connection(
     }
 }
 
+/// Waits until the subscription's backlog gauge reads `want`.
+async fn wait_for_backlog(broker: &Broker, subscription: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        let backlog = broker.backlog(subscription).await.unwrap_or(0);
+        if backlog == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "backlog of {subscription} is {backlog}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A push subscription resource.
 fn push_subscription(name: &str, topic: &str, endpoint: &str) -> pubsub::Subscription {
     pubsub::Subscription {
@@ -322,7 +338,8 @@ async fn wrapped_and_unwrapped_bodies_and_acks() {
         2,
         "one per subscription, no redelivery"
     );
-    assert_eq!(broker.backlog(&wrapped).await.unwrap_or(0), 0);
+    // The ack follows the receiver's answer: wait for it rather than race it.
+    wait_for_backlog(&broker, &wrapped, 0).await;
     let logged = broker.wait_for_log(PATIENCE, |l| {
         l["logType"] == "REQUEST_OUTBOUND" && l["messageId"] == later[0].as_str()
     });
@@ -491,7 +508,7 @@ async fn a_connection_reset_is_a_failure_that_is_retried() {
         failed["outcome"], "success",
         "a reset is not a success: {failed}"
     );
-    assert_eq!(broker.backlog(&sub).await.unwrap_or(0), 0);
+    wait_for_backlog(&broker, &sub, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
