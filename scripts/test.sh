@@ -24,6 +24,10 @@ cargo nextest run --workspace --locked --profile ci "$@"
 step "doc tests"
 cargo test --workspace --doc --locked
 
+step "the mail example against a converge process and PostgreSQL, under injected failures"
+CONVERGE_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/converge" \
+  scripts/mail-demo.sh --users 300
+
 step "compatibility suite: the official Python and Node.js clients against converge"
 # The debug binary the tests just built; `scripts/compat.sh both` also runs the official emulator.
 CONVERGE_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/converge" \

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use converge_core::retry::Preset;
 use converge_core::{ProjectId, SubscriptionName, TopicName};
 
-use crate::commands::BenchCommand;
+use crate::commands::{BenchCommand, RelayArgs};
 use crate::parse::{self, Endpoint, Limit, NameArg};
 
 /// converge: a broker with the API of Google Cloud Pub/Sub.
@@ -45,7 +45,8 @@ Examples:
   seq 1 100 | converge publish orders
   converge pull work --max 10 --ack
   converge --json topics list
-  converge bench publish --spawn fsync --publishers 16";
+  converge bench publish --spawn fsync --publishers 16
+  converge relay --database-url postgres://app@db/app";
 
 /// Options shared by every command.
 #[derive(Debug, Args)]
@@ -80,6 +81,8 @@ pub enum Command {
     /// Measure a broker: publish throughput and latency
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Publish the rows of a transactional outbox table (PostgreSQL or SQLite) to the broker
+    Relay(RelayArgs),
 }
 
 /// How the broker makes a publish durable before answering it.

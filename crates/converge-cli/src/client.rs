@@ -1,20 +1,12 @@
-//! The gRPC connection to a broker: one h2c channel shared by the Publisher and Subscriber
-//! stubs, and the translation of a gRPC status into the one-line error the CLI prints.
-
-use std::time::Duration;
+//! The gRPC connection to a broker, through the SDK's [`converge::client::Client`] (one h2c
+//! channel shared by the Publisher and Subscriber stubs), and the translation of a gRPC status
+//! into the one-line error the CLI prints.
 
 use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::publisher_client::PublisherClient;
 use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::subscriber_client::SubscriberClient;
 use tonic::transport::Channel;
 
 use crate::parse::Endpoint;
-
-/// Largest message the CLI sends or accepts: above the 10 MB publish limit, so that the broker,
-/// not the client, decides what is too large.
-const MAX_MESSAGE_BYTES: usize = 20 * 1024 * 1024;
-
-/// How long to wait for the TCP connection before reporting the broker unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why talking to the broker failed. Each variant prints as one self-contained line, so none
 /// exposes a `source` (anyhow would append the chain again).
@@ -39,17 +31,12 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-impl ClientError {
-    /// A connection failure, keeping only its innermost cause: the layers above it (tonic,
-    /// hyper) repeat "transport error" and "tcp connect error", which tell the user nothing.
-    fn connect(endpoint: &Endpoint, error: &tonic::transport::Error) -> Self {
-        let mut cause: &dyn std::error::Error = error;
-        while let Some(inner) = cause.source() {
-            cause = inner;
-        }
+/// The SDK reports the innermost cause only; the CLI adds its hint.
+impl From<converge::client::ConnectError> for ClientError {
+    fn from(e: converge::client::ConnectError) -> Self {
         Self::Connect {
-            endpoint: endpoint.clone(),
-            reason: cause.to_string(),
+            endpoint: e.endpoint,
+            reason: e.reason,
         }
     }
 }
@@ -66,20 +53,10 @@ pub struct Clients {
 /// Connects to the broker eagerly, so that an unreachable address is reported as such rather
 /// than as the failure of the first call.
 pub async fn connect(endpoint: &Endpoint) -> Result<Clients, ClientError> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.uri())
-        .map_err(|e| ClientError::connect(endpoint, &e))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| ClientError::connect(endpoint, &e))?;
-    tracing::debug!(endpoint = %endpoint, "connected");
+    let client = converge::client::Client::connect(endpoint.clone()).await?;
     Ok(Clients {
-        publisher: PublisherClient::new(channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        subscriber: SubscriberClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        publisher: client.publisher_stub(),
+        subscriber: client.subscriber_stub(),
     })
 }
 

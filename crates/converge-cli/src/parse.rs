@@ -9,55 +9,13 @@ use std::time::Duration;
 use converge_core::name::validate_resource_id;
 use converge_core::{ProjectId, SubscriptionName, TopicName};
 
-/// The default broker address, the same port as the official emulator's.
-pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:8085";
+/// Endpoints are the SDK's: the CLI and services parse and read them the same way.
+pub use converge::client::Endpoint;
 
-/// A broker address, always plain-text HTTP/2 (h2c): the broker speaks no TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `host:port`, where host may be a bracketed IPv6 address.
-    authority: String,
-}
-
-impl Endpoint {
-    /// The URI tonic connects to, `http://host:port`.
-    pub fn uri(&self) -> String {
-        format!("http://{}", self.authority)
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.uri())
-    }
-}
-
-/// Parses `host:port` or `http://host:port` (the form of `PUBSUB_EMULATOR_HOST` and of a URL).
+/// Parses `host:port` or `http://host:port` (the form of `PUBSUB_EMULATOR_HOST` and of a URL),
+/// as a clap value parser.
 pub fn endpoint(s: &str) -> Result<Endpoint, String> {
-    let s = s.trim();
-    if s.starts_with("https://") {
-        return Err(format!(
-            "\"{s}\": TLS is not supported; use http://host:port or host:port"
-        ));
-    }
-    let authority = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
-    if authority.contains('/') || authority.contains("://") {
-        return Err(format!("\"{s}\": expected host:port or http://host:port"));
-    }
-    let Some((host, port)) = authority.rsplit_once(':') else {
-        return Err(format!("\"{s}\": missing port; expected host:port"));
-    };
-    if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
-        return Err(format!(
-            "\"{s}\": expected host:port (IPv6 hosts in brackets: [::1]:8085)"
-        ));
-    }
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!("\"{s}\": port must be a number from 1 to 65535"));
-    }
-    Ok(Endpoint {
-        authority: authority.to_owned(),
-    })
+    Endpoint::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses one `key=value` pair (labels, attributes). The value may contain `=`; the key may not
@@ -197,38 +155,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_accepts_host_port_and_http_urls() {
+    fn endpoint_errors_are_the_sdk_messages() {
+        // The parsing itself is tested in the SDK (converge::client::Endpoint).
+        assert_eq!(endpoint("h:1").unwrap().uri(), "http://h:1");
         assert_eq!(
-            endpoint("127.0.0.1:8085").unwrap().uri(),
-            "http://127.0.0.1:8085"
+            endpoint("localhost").unwrap_err(),
+            "\"localhost\": missing port; expected host:port"
         );
-        assert_eq!(
-            endpoint("http://localhost:9000/").unwrap().uri(),
-            "http://localhost:9000"
-        );
-        assert_eq!(endpoint(" [::1]:8085 ").unwrap().uri(), "http://[::1]:8085");
-        assert_eq!(
-            endpoint("http://[::1]:1").unwrap().to_string(),
-            "http://[::1]:1"
-        );
-    }
-
-    #[test]
-    fn endpoint_rejects_malformed_addresses() {
-        for (bad, why) in [
-            ("localhost", "missing port"),
-            ("localhost:", "port must be"),
-            ("localhost:0", "port must be"),
-            ("localhost:70000", "port must be"),
-            (":8085", "expected host:port"),
-            ("::1:8085", "IPv6"),
-            ("https://host:443", "TLS"),
-            ("http://host:1/path", "expected host:port"),
-            ("grpc://host:1", "expected host:port"),
-        ] {
-            let err = endpoint(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
-        }
     }
 
     #[test]

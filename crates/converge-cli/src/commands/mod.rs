@@ -4,6 +4,7 @@
 mod bench;
 mod publish;
 mod pull;
+mod relay;
 mod serve;
 mod subscriptions;
 mod topics;
@@ -11,11 +12,12 @@ mod topics;
 use converge_core::ProjectId;
 
 pub use bench::BenchCommand;
+pub use relay::RelayArgs;
 
 use crate::cli::{Cli, Command, Global};
 use crate::client::{self, Clients};
 use crate::output::Output;
-use crate::parse::{self, DEFAULT_ENDPOINT, Endpoint};
+use crate::parse::Endpoint;
 
 /// A mistake in how the command was called, found after clap parsed it (for example no message
 /// to publish). It exits with status 2, like clap's own usage errors.
@@ -44,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(&context(global).await?, args).await,
         Command::Pull(args) => pull::run(&context(global).await?, args).await,
         Command::Bench(cmd) => bench::run(global, cmd).await,
+        Command::Relay(args) => relay::run(global, args).await,
     }
 }
 
@@ -62,16 +65,12 @@ async fn context(global: Global) -> anyhow::Result<Context> {
     })
 }
 
-/// The endpoint when no `--endpoint` flag was given: `CONVERGE_ENDPOINT`, then
-/// `PUBSUB_EMULATOR_HOST` (which the official clients read), then the default. Empty values
-/// count as unset.
-fn endpoint_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Endpoint, UsageError> {
-    for key in ["CONVERGE_ENDPOINT", "PUBSUB_EMULATOR_HOST"] {
-        if let Some(value) = var(key).filter(|v| !v.trim().is_empty()) {
-            return parse::endpoint(&value).map_err(|e| UsageError(format!("{key}: {e}")));
-        }
-    }
-    parse::endpoint(DEFAULT_ENDPOINT).map_err(UsageError)
+/// The endpoint when no `--endpoint` flag was given: the SDK's rule (`CONVERGE_ENDPOINT`, then
+/// `PUBSUB_EMULATOR_HOST`, then the default), with a bad value reported as a usage error.
+pub(crate) fn endpoint_from_env(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Endpoint, UsageError> {
+    Endpoint::from_env_with(var).map_err(|e| UsageError(e.to_string()))
 }
 
 #[cfg(test)]

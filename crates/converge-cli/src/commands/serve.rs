@@ -37,7 +37,7 @@ fn config(args: ServeArgs) -> ServerConfig {
 
 /// A future that resolves on the first SIGTERM or SIGINT. The handlers are installed before it
 /// is returned, so that a signal arriving while the server starts is not lost.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+pub(super) fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     Ok(async move {
