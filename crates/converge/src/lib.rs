@@ -17,6 +17,49 @@
 //!
 //! [`transport::Transport`] is the seam: everything above it runs unchanged on the gRPC
 //! client and on the in-memory backend.
+//!
+//! # Quick start
+//!
+//! A service's event bus on a broker found through `CONVERGE_ENDPOINT` or
+//! `PUBSUB_EMULATOR_HOST` (swap the client for [`memory::MemoryTransport`] in unit tests):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use converge::bus::{EventBus, HandlerContext};
+//! use converge::client::Client;
+//! use converge::event::Event;
+//! use serde::{Deserialize, Serialize};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderPaid { order: u64 }
+//! impl Event for OrderPaid { const TYPE: &'static str = "com.example.order.paid"; }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct ReceiptSent { order: u64 }
+//! impl Event for ReceiptSent { const TYPE: &'static str = "com.example.order.receipt-sent"; }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::from_env().await?;
+//! let bus = EventBus::builder(
+//!     Arc::new(client),
+//!     "projects/shop/topics/orders",
+//!     "projects/shop/subscriptions/orders",
+//! )
+//! .on(|paid: OrderPaid, ctx: HandlerContext| async move {
+//!     // Call other services with ctx.idempotency_key(), then go on with the cascade: the
+//!     // emitted event's key is derived from this one, so a retry emits no duplicate.
+//!     ctx.emit(&ReceiptSent { order: paid.order }).await?;
+//!     Ok(())
+//! })
+//! .on(|_sent: ReceiptSent, _ctx: HandlerContext| async move { Ok(()) })
+//! .build()
+//! .await?;
+//! bus.publish(&OrderPaid { order: 42 }).await?;
+//! bus.run(CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
 
 pub mod bus;
 pub mod client;

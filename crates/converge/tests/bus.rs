@@ -4,10 +4,12 @@
 //! broker dropping what a retried handler emits again.
 //!
 //! What the backend stored is read from a second, plain subscription on the bus's topic (the
-//! capture), created before anything is published; what the bus nacked is what is left on its
-//! own subscription once it has stopped and every backoff has passed. Before moving the clock
-//! past a backoff, a test waits until the bus's verdicts have reached the backend
-//! ([`Harness::wait_settled`]), since the backoff runs from the nack's arrival.
+//! capture), created before anything is published. What the bus decided about each delivery
+//! (ack or nack) is what its handler answered the transport ([`Harness::verdicts`]); that the
+//! backend carries a nack out is shown by advancing the clock past the backoff and seeing the
+//! message come back. Before moving the clock, a test waits until the bus's verdicts have
+//! reached the backend ([`Harness::wait_settled`]), since a backoff runs from the nack's
+//! arrival.
 //!
 //! Run with `cargo nextest run -p converge --test bus` (`memory::` or `broker::` to pick a
 //! backend).
@@ -26,7 +28,9 @@ use converge::bus::{
 use converge::cloudevents;
 use converge::event::Event;
 use converge::idempotency::{IDEMPOTENCY_KEY_ATTRIBUTE, IdempotencyKey};
-use converge::transport::{DeadLetter, IncomingMessage, OutgoingMessage, SubscriptionConfig};
+use converge::transport::{
+    DeadLetter, Disposition, IncomingMessage, OutgoingMessage, SubscriptionConfig,
+};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use support::{Harness, WAIT, eventually};
@@ -239,22 +243,49 @@ impl<'h> Running<'h> {
         self.harness.pull_all(&self.names.capture).await
     }
 
+    /// What the bus answered for each delivery so far, as `type verdict` (the event type
+    /// without the `com.example.test.` prefix, `-` for none), sorted by type; the verdicts of
+    /// one type stay in the order they were given.
+    fn verdicts(&self) -> Vec<String> {
+        self.verdicts_of(|m| event_type(m).to_owned())
+    }
+
+    /// Like [`Self::verdicts`], as `type payload verdict`, sorted by type and payload.
+    fn verdicts_with_data(&self) -> Vec<String> {
+        self.verdicts_of(|m| format!("{} {}", event_type(m), support::text(m)))
+    }
+
+    fn verdicts_of(&self, describe: impl Fn(&IncomingMessage) -> String) -> Vec<String> {
+        let mut verdicts: Vec<(String, Disposition)> = self
+            .harness
+            .verdicts(&self.names.subscription)
+            .iter()
+            .map(|(message, verdict)| (describe(message), *verdict))
+            .collect();
+        verdicts.sort_by(|a, b| a.0.cmp(&b.0));
+        verdicts
+            .into_iter()
+            .map(|(what, verdict)| format!("{what} {verdict:?}"))
+            .collect()
+    }
+
     /// Stops the bus: once this returns, every message it took is acked or nacked.
-    async fn stop(&mut self) -> anyhow::Result<()> {
+    async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(WAIT, &mut self.task)
+        tokio::time::timeout(WAIT, self.task)
             .await
             .context("the bus did not stop in time")?
             .context("the bus task panicked")?
             .context("the bus stopped with an error")
     }
+}
 
-    /// Stops the bus and returns what is left on its subscription once every retry is due:
-    /// what the bus nacked.
-    async fn stop_and_collect_nacked(mut self) -> anyhow::Result<Vec<IncomingMessage>> {
-        self.stop().await?;
-        self.harness.collect_left(&self.names.subscription).await
-    }
+/// A message's `ce-type` without the `com.example.test.` prefix of these tests, `-` for none.
+fn event_type(message: &IncomingMessage) -> &str {
+    message
+        .attributes
+        .get("ce-type")
+        .map_or("-", |t| t.strip_prefix("com.example.test.").unwrap_or(t))
 }
 
 /// The `ce-type` of each message (`-` for none), sorted.
@@ -340,18 +371,25 @@ async fn dispatches_by_type_with_the_key_in_scope(h: Harness) -> anyhow::Result<
     assert_eq!(wire.ordering_key, "order-1");
     assert_eq!(&wire.data[..], br#"{"order":1}"#);
 
-    let nacked = running.stop_and_collect_nacked().await?;
-    assert!(nacked.is_empty(), "all acked: {:?}", event_types(&nacked));
+    running.settled(3).await?;
+    assert_eq!(
+        running.verdicts(),
+        [
+            "order.placed Ack",
+            "order.placed Ack",
+            "payment.requested Ack"
+        ]
+    );
     assert_eq!(calls.total(), 3, "each event handled once");
-    Ok(())
+    running.stop().await
 }
 
-/// Publishes an event nobody handles, then one that is handled, waits until the bus has
-/// settled both, stops it and returns what it nacked.
+/// Publishes an event nobody handles, then one that is handled, and waits until the bus has
+/// answered for both and the backend has its answers.
 async fn unknown_event_with(
     h: &Harness,
     policy: UnknownEventPolicy,
-) -> anyhow::Result<Vec<IncomingMessage>> {
+) -> anyhow::Result<(Running<'_>, Calls)> {
     let names = Names::new(h);
     let calls = Calls::default();
     let recorder = calls.clone();
@@ -379,32 +417,36 @@ async fn unknown_event_with(
     .await?;
     running.settled(2).await?;
     assert_eq!(calls.total(), 1, "no handler ran for the unknown event");
-    running.stop_and_collect_nacked().await
+    Ok((running, calls))
 }
 
 async fn unknown_event_acked_and_logged(h: Harness) -> anyhow::Result<()> {
-    let nacked = unknown_event_with(&h, UnknownEventPolicy::AckAndLog).await?;
-    assert!(nacked.is_empty(), "acked: {:?}", event_types(&nacked));
-    Ok(())
+    let (running, _) = unknown_event_with(&h, UnknownEventPolicy::AckAndLog).await?;
+    assert_eq!(running.verdicts(), ["order.placed Ack", "unhandled Ack"]);
+    running.stop().await
 }
 
 async fn unknown_event_nacked(h: Harness) -> anyhow::Result<()> {
-    let nacked = unknown_event_with(&h, UnknownEventPolicy::Nack).await?;
+    let (running, calls) = unknown_event_with(&h, UnknownEventPolicy::Nack).await?;
+    assert_eq!(running.verdicts(), ["order.placed Ack", "unhandled Nack"]);
+    // Nacked, so the backend redelivers it after the backoff (and the bus nacks it again).
+    h.advance(FIRST_RETRY_DUE).await?;
+    running.settled(3).await?;
     assert_eq!(
-        event_types(&nacked),
-        [Unhandled::TYPE],
-        "nacked, so redelivered"
+        running.verdicts(),
+        ["order.placed Ack", "unhandled Nack", "unhandled Nack"]
     );
-    Ok(())
+    assert_eq!(calls.total(), 1, "still no handler ran for it");
+    running.stop().await
 }
 
 /// Publishes two undecodable messages (no `ce-type`; a known type with a payload of the wrong
-/// shape), then a valid one, waits until the bus has settled all three, stops it and returns
-/// what it nacked.
+/// shape), then a valid one, and waits until the bus has answered for all three and the
+/// backend has its answers.
 async fn malformed_events_with(
     h: &Harness,
     policy: Option<MalformedEventPolicy>,
-) -> anyhow::Result<Vec<IncomingMessage>> {
+) -> anyhow::Result<(Running<'_>, Calls)> {
     let names = Names::new(h);
     let calls = Calls::default();
     let recorder = calls.clone();
@@ -445,26 +487,48 @@ async fn malformed_events_with(
     })
     .await?;
     running.settled(3).await?;
-    let nacked = running.stop_and_collect_nacked().await?;
     assert_eq!(calls.total(), 1, "malformed events never reach handlers");
-    Ok(nacked)
+    Ok((running, calls))
 }
 
 async fn malformed_events_are_acked_by_default(h: Harness) -> anyhow::Result<()> {
-    let nacked = malformed_events_with(&h, None).await?;
-    assert!(nacked.is_empty(), "acked: {:?}", event_types(&nacked));
-    Ok(())
+    let (running, _) = malformed_events_with(&h, None).await?;
+    assert_eq!(
+        running.verdicts_with_data(),
+        [
+            "- {} Ack",
+            r#"order.placed {"order":"one"} Ack"#,
+            r#"order.placed {"order":2} Ack"#,
+        ]
+    );
+    running.stop().await
 }
 
 async fn malformed_events_nacked_when_asked(h: Harness) -> anyhow::Result<()> {
-    let nacked = malformed_events_with(&h, Some(MalformedEventPolicy::Nack)).await?;
-    assert_eq!(event_types(&nacked), ["-", OrderPlaced::TYPE]);
-    let wrong_shape = nacked
-        .iter()
-        .find(|m| m.attributes.contains_key("ce-type"))
-        .context("the wrong-shaped event was not nacked")?;
-    assert_eq!(&wrong_shape.data[..], br#"{"order":"one"}"#);
-    Ok(())
+    let (running, calls) = malformed_events_with(&h, Some(MalformedEventPolicy::Nack)).await?;
+    assert_eq!(
+        running.verdicts_with_data(),
+        [
+            "- {} Nack",
+            r#"order.placed {"order":"one"} Nack"#,
+            r#"order.placed {"order":2} Ack"#,
+        ]
+    );
+    // Kept: the backend redelivers both after the backoff (and the bus nacks them again).
+    h.advance(FIRST_RETRY_DUE).await?;
+    running.settled(5).await?;
+    assert_eq!(
+        running.verdicts_with_data(),
+        [
+            "- {} Nack",
+            "- {} Nack",
+            r#"order.placed {"order":"one"} Nack"#,
+            r#"order.placed {"order":"one"} Nack"#,
+            r#"order.placed {"order":2} Ack"#,
+        ]
+    );
+    assert_eq!(calls.total(), 1, "still never reach handlers");
+    running.stop().await
 }
 
 async fn failed_handler_is_retried_after_the_backoff(h: Harness) -> anyhow::Result<()> {
@@ -500,10 +564,12 @@ async fn failed_handler_is_retried_after_the_backoff(h: Harness) -> anyhow::Resu
     );
     assert!(seen.iter().all(|c| c.key == key), "same key on the retry");
     running.settled(2).await?;
-    let nacked = running.stop_and_collect_nacked().await?;
-    assert!(nacked.is_empty(), "acked after the retry succeeded");
-    assert_eq!(calls.count(OrderPlaced::TYPE), 2);
-    Ok(())
+    assert_eq!(
+        running.verdicts(),
+        ["order.placed Nack", "order.placed Ack"],
+        "nacked, then acked once the retry succeeded"
+    );
+    running.stop().await
 }
 
 async fn panicking_handler_is_retried_and_the_bus_survives(h: Harness) -> anyhow::Result<()> {
@@ -554,9 +620,16 @@ async fn panicking_handler_is_retried_and_the_bus_survives(h: Harness) -> anyhow
         .collect();
     assert_eq!(attempts, [Some(1), Some(2)]);
     running.settled(3).await?;
-    let nacked = running.stop_and_collect_nacked().await?;
-    assert!(nacked.is_empty(), "left: {:?}", event_types(&nacked));
-    Ok(())
+    assert_eq!(
+        running.verdicts(),
+        [
+            "order.placed Nack",
+            "order.placed Ack",
+            "stock.reserved Ack"
+        ],
+        "the panic became a nack"
+    );
+    running.stop().await
 }
 
 async fn cascade_carries_derived_keys(h: Harness) -> anyhow::Result<()> {
@@ -645,9 +718,15 @@ async fn cascade_carries_derived_keys(h: Harness) -> anyhow::Result<()> {
         root.derive(2).as_str()
     );
     running.settled(3).await?;
-    let nacked = running.stop_and_collect_nacked().await?;
-    assert!(nacked.is_empty(), "left: {:?}", event_types(&nacked));
-    Ok(())
+    assert_eq!(
+        running.verdicts(),
+        [
+            "order.placed Ack",
+            "payment.requested Ack",
+            "stock.reserved Ack"
+        ]
+    );
+    running.stop().await
 }
 
 /// The issue's central claim: a handler that emits and then fails is run again and emits
@@ -711,10 +790,15 @@ async fn retried_handler_produces_no_duplicate_downstream_event(h: Harness) -> a
         [OrderPlaced::TYPE, PaymentRequested::TYPE]
     );
 
-    // Nothing waits on the subscription either: a second payment request that reached it
-    // unhandled would show here.
-    let nacked = running.stop_and_collect_nacked().await?;
-    assert!(nacked.is_empty(), "left: {:?}", event_types(&nacked));
+    assert_eq!(
+        running.verdicts(),
+        [
+            "order.placed Nack",
+            "order.placed Ack",
+            "payment.requested Ack"
+        ]
+    );
+    running.stop().await?;
     assert_eq!(
         calls.count(OrderPlaced::TYPE),
         2,
@@ -790,9 +874,16 @@ async fn fresh_keys_in_a_retried_handler_do_duplicate(h: Harness) -> anyhow::Res
         .map(|c| c.key)
         .collect();
     assert_ne!(payment_keys[0], payment_keys[1], "two keys for one intent");
-    let nacked = running.stop_and_collect_nacked().await?;
-    assert!(nacked.is_empty(), "left: {:?}", event_types(&nacked));
-    Ok(())
+    assert_eq!(
+        running.verdicts(),
+        [
+            "order.placed Nack",
+            "order.placed Ack",
+            "payment.requested Ack",
+            "payment.requested Ack"
+        ]
+    );
+    running.stop().await
 }
 
 async fn builder_refuses_bad_configurations(h: Harness) -> anyhow::Result<()> {

@@ -87,31 +87,6 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_precedence_is_converge_then_emulator_then_default() {
-        let both = [
-            ("CONVERGE_ENDPOINT", "a:1"),
-            ("PUBSUB_EMULATOR_HOST", "b:2"),
-        ];
-        assert_eq!(endpoint_from_env(env(&both)).unwrap().uri(), "http://a:1");
-        assert_eq!(
-            endpoint_from_env(env(&[("PUBSUB_EMULATOR_HOST", "b:2")]))
-                .unwrap()
-                .uri(),
-            "http://b:2"
-        );
-        assert_eq!(
-            endpoint_from_env(env(&[("CONVERGE_ENDPOINT", " ")]))
-                .unwrap()
-                .uri(),
-            "http://127.0.0.1:8085"
-        );
-        assert_eq!(
-            endpoint_from_env(env(&[])).unwrap().uri(),
-            "http://127.0.0.1:8085"
-        );
-    }
-
-    #[test]
     fn a_bad_environment_value_names_its_variable() {
         let err = endpoint_from_env(env(&[("PUBSUB_EMULATOR_HOST", "nohost")])).unwrap_err();
         assert!(
