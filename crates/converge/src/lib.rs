@@ -65,9 +65,13 @@ pub mod bus;
 pub mod client;
 pub mod cloudevents;
 pub mod event;
+pub mod health;
+pub mod http;
+pub mod http_client;
 pub mod idempotency;
 pub mod memory;
 pub mod outbox;
+pub mod push;
 pub mod transport;
 
 pub use transport::{
