@@ -13,7 +13,14 @@
 //!   cascades of events with [`idempotency`] keys derived so that retries produce no duplicates;
 //! - [`outbox`]: events written in the application's own database transaction and relayed to
 //!   the broker;
-//! - [`memory`]: the same semantics in process, with a controllable clock, for unit tests.
+//! - [`memory`]: the same semantics in process, with a controllable clock, for unit tests;
+//! - [`idempotency::store`], [`idempotency::guard`] and [`http::idempotency`]: keys recorded
+//!   with a lease and an outcome, for calls into systems without idempotency and for the
+//!   `Idempotency-Key` header of your own HTTP API;
+//! - [`http_client`]: an HTTP client that retries what is worth retrying, for as long as the
+//!   caller can wait, with the current idempotency key;
+//! - [`http::request_log`], [`health`] and [`push`]: request logs, readiness checks and the
+//!   receiving end of push subscriptions.
 //!
 //! [`transport::Transport`] is the seam: everything above it runs unchanged on the gRPC
 //! client and on the in-memory backend.
@@ -72,6 +79,7 @@ pub mod idempotency;
 pub mod memory;
 pub mod outbox;
 pub mod push;
+mod sql;
 pub mod transport;
 
 pub use transport::{

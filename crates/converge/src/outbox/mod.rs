@@ -124,6 +124,7 @@ use sqlx::{Pool, Postgres, Sqlite, Transaction};
 use crate::cloudevents::{self, CloudEventError};
 use crate::event::Event;
 use crate::idempotency::IdempotencyKey;
+use crate::sql::TableName;
 use crate::transport::OutgoingMessage;
 use row::NewRow;
 
@@ -139,10 +140,6 @@ pub const DEFAULT_TABLE: &str = "converge_outbox";
 
 /// The CloudEvents `source` of typed events when none is configured.
 pub const DEFAULT_SOURCE: &str = "/outbox";
-
-/// The longest table name (each part), leaving room for the suffixes of the index names within
-/// PostgreSQL's 63-byte identifiers.
-const MAX_NAME_PART: usize = 48;
 
 /// Why an outbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,11 +179,8 @@ impl OutboxError {
     /// Classifies a database error, recognising a missing table (a configuration mistake that
     /// retrying does not fix) in both dialects.
     fn from_sqlx(table: &str, error: sqlx::Error) -> Self {
-        if let Some(db) = error.as_database_error() {
-            let undefined_table = db.code().as_deref() == Some("42P01");
-            if undefined_table || db.message().contains("no such table") {
-                return Self::MissingTable(table.to_owned());
-            }
+        if crate::sql::is_missing_table(&error) {
+            return Self::MissingTable(table.to_owned());
         }
         Self::Database(error)
     }
@@ -234,19 +228,19 @@ impl Outbox {
     /// [`OutboxError::InvalidTable`] unless each part is a lowercase identifier (the name is
     /// spliced into SQL, so only names that need no quoting are accepted).
     pub fn with_table(table: &str) -> Result<Self, OutboxError> {
-        let invalid = || OutboxError::InvalidTable(table.to_owned());
-        let (schema, name) = match table.split_once('.') {
-            Some((schema, name)) => (Some(schema), name),
-            None => (None, table),
+        let Some(TableName {
+            qualified,
+            schema,
+            name,
+        }) = crate::sql::table_name(table)
+        else {
+            return Err(OutboxError::InvalidTable(table.to_owned()));
         };
-        if !schema.is_none_or(is_identifier) || !is_identifier(name) {
-            return Err(invalid());
-        }
         Ok(Self {
             inner: Arc::new(Settings {
-                table: table.to_owned(),
-                schema: schema.map(str::to_owned),
-                name: name.to_owned(),
+                table: qualified,
+                schema,
+                name,
                 notify: true,
                 source: DEFAULT_SOURCE.to_owned(),
             }),
@@ -418,17 +412,6 @@ impl Outbox {
         let message = cloudevents::encode(event, self.source(), key, SystemTime::now())?;
         self.enqueue_message(tx, topic, message, key.as_str()).await
     }
-}
-
-/// Whether `part` is a lowercase SQL identifier that needs no quoting.
-fn is_identifier(part: &str) -> bool {
-    let mut chars = part.chars();
-    let Some(first) = chars.next() else {
-        return false;
-    };
-    part.len() <= MAX_NAME_PART
-        && (first.is_ascii_lowercase() || first == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 mod sealed {

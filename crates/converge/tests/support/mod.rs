@@ -20,7 +20,13 @@
 //! subscription at once (the memory engine's `pull_now`, or a unary `Pull` with
 //! `return_immediately` on the broker). Give a topic a second plain subscription before the
 //! code under test publishes, and it shows exactly the messages the backend stored, duplicates
-//! included.
+//! included. What handlers answered (ack or nack) is kept too ([`Harness::verdicts`]).
+//!
+//! Do not inspect a subscription right after stopping a receive loop on it and moving the clock:
+//! on the broker, the StreamingPull stream the client just closed may still be open on the
+//! server's side for a moment, and a message falling due then is leased to it (it comes back
+//! only when that lease runs out). Read the verdicts instead, or watch redeliveries while the
+//! loop still runs.
 
 #![allow(dead_code)]
 
