@@ -17,7 +17,7 @@
 //! | malformed key, or more than one header | `400`, problem "Idempotency-Key is invalid" |
 //! | request body over [`max_body`](IdempotencyLayer::max_body) | `413` problem |
 //! | new key | the handler runs; its response is recorded (see below) |
-//! | same key, same request, first still running | `409`, problem "A request is outstanding for this Idempotency-Key", `Retry-After` |
+//! | same key, same request, first still running | `409`, problem "A request is outstanding for this Idempotency-Key", `Retry-After` (at most 1 s), `x-should-retry: true` |
 //! | same key, other request (fingerprint differs) | `422`, problem "Idempotency-Key is already used" |
 //! | same key, same request, first completed | the recorded status, headers and body, plus `Idempotent-Replayed: true` |
 //! | the store fails | `503` problem, handler not run |
@@ -138,6 +138,9 @@ type ScopeFn = dyn Fn(&Parts) -> String + Send + Sync;
 
 /// The fingerprint of a request (see [`IdempotencyLayer::fingerprint`]).
 type FingerprintFn = dyn Fn(&Parts, &[u8]) -> String + Send + Sync;
+
+/// The longest `Retry-After` of a `409` answered while the first request runs.
+const IN_PROGRESS_RETRY_HINT: Duration = Duration::from_secs(1);
 
 /// A tower [`Layer`] adding `Idempotency-Key` handling to a service or axum router; see the
 /// [module documentation](self) for the behaviour.
@@ -476,10 +479,18 @@ where
                 "A request with the same Idempotency-Key for the same operation is being \
                  processed. Retry later.",
             );
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            // The lease's end is only the worst case: the first request usually finishes much
+            // sooner, so the hint is at most a second. `x-should-retry: true` tells a
+            // retrying client (converge's `http_client` among them) that retrying this POST
+            // is safe and expected.
+            let hint = retry_after.min(IN_PROGRESS_RETRY_HINT);
+            let seconds = hint.as_secs() + u64::from(hint.subsec_nanos() > 0);
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            headers.insert(
+                crate::http_client::SHOULD_RETRY_HEADER,
+                HeaderValue::from_static("true"),
+            );
             return Ok(response);
         }
         Ok(Begin::Mismatch) => {
