@@ -576,3 +576,56 @@ async fn shutdown_ends_open_streams_with_unavailable() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(exit.success(), "the broker stopped cleanly: {exit}");
 }
+
+#[tokio::test]
+async fn messages_a_closed_stream_never_got_are_released_at_once() {
+    // Large messages and a client that stops reading: HTTP/2 flow control stops the transport,
+    // so the broker's delivery queue fills with leased messages that never leave it. When the
+    // client goes away they must be released, not kept until the 600 s stream deadline.
+    let (_broker, grpc, topic, sub) = setup(|_| {}).await;
+    let payload = "x".repeat(900_000);
+    for _ in 0..24 {
+        grpc.publish_data(&topic, &[payload.as_str()]).await;
+    }
+    // Flow control wide enough that the broker leases all 24 to the stream.
+    let mut stream = PullStream::open(
+        &grpc,
+        StreamingPullRequest {
+            max_outstanding_bytes: 1 << 30,
+            ..first(&sub, 600, 0)
+        },
+    )
+    .await
+    .expect("open");
+    let first_delivery = stream.receive(1).await;
+    // Stop reading and give the broker time to fill its queue; take (and ack) whatever the
+    // stream did not lease, so that anything that comes back later was leased to the stream.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut never_leased = Vec::new();
+    loop {
+        let batch = grpc.pull(&sub, 100).await;
+        if batch.is_empty() {
+            break;
+        }
+        grpc.ack(&sub, ack_ids(&batch)).await;
+        never_leased.extend(batch);
+    }
+    drop(stream);
+    let mut released = grpc.pull_wait(&sub, 100).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        released.extend(grpc.pull(&sub, 100).await);
+    }
+    assert!(
+        !released.is_empty(),
+        "nothing came back before the 600 s deadline"
+    );
+    let delivered = ids(&first_delivery);
+    let taken = ids(&never_leased);
+    assert!(
+        released
+            .iter()
+            .all(|r| !delivered.contains(&message_id(r)) && !taken.contains(&message_id(r))),
+        "a message the client did receive, or one already acked, came back"
+    );
+}

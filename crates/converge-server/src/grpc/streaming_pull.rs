@@ -4,8 +4,9 @@
 //! Each stream runs as two tasks. The controller reads the client's requests (acks, modacks,
 //! deadline changes, heartbeats) and decides when the stream ends; the delivery task pulls while
 //! flow control leaves room and sends each batch. A stream ends:
-//! - when the client half-closes or goes away: pulling stops; leased messages expire and are
-//!   delivered again;
+//! - when the client half-closes or goes away: pulling stops; the messages pulled for it that
+//!   were never handed to the transport are released at once (nacked); those already sent
+//!   are the client's until their lease expires, as in Pub/Sub;
 //! - on a request that breaks the protocol, or when the subscription disappears: with that
 //!   error;
 //! - at server shutdown and after [`STREAM_MAX_AGE`]: with `UNAVAILABLE`, which every official
@@ -64,23 +65,55 @@ pub async fn streaming_pull(
         // The queue is fresh and has room: this cannot wait.
         let _ = responses.try_send(confirmation);
     }
+    let queued = Queued {
+        rx: queued,
+        session: session.clone(),
+    };
     tokio::spawn(control(state.clone(), session, requests, responses, end_tx));
     Ok(Response::new(response_stream(queued, end_rx)))
 }
 
+/// The responses waiting for the transport. When the response stream is dropped (the client
+/// went away, or the stream ended), whatever is still queued never reached the client: its
+/// messages are released rather than left leased to nobody until their deadline.
+struct Queued {
+    rx: mpsc::Receiver<v1::StreamingPullResponse>,
+    session: Arc<StreamSession>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut undelivered = Vec::new();
+        while let Ok(response) = self.rx.try_recv() {
+            undelivered.push(response);
+        }
+        if undelivered.is_empty() {
+            return;
+        }
+        let session = self.session.clone();
+        // Drop cannot wait: the release runs on its own (the runtime is there, since the
+        // stream is dropped by the server's tasks).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for response in undelivered {
+                    session.release(response).await;
+                }
+            });
+        }
+    }
+}
+
 /// The response stream: queued responses, then the end status. An end (shutdown, error) is
 /// sent before responses still queued, so it is never held up by a client that stopped reading.
-fn response_stream(
-    queued: mpsc::Receiver<v1::StreamingPullResponse>,
-    end: oneshot::Receiver<Option<Status>>,
-) -> ResponseStream {
+fn response_stream(queued: Queued, end: oneshot::Receiver<Option<Status>>) -> ResponseStream {
     let state = Some((queued, end));
     futures::stream::unfold(state, |state| async move {
         let (mut queued, mut end) = state?;
         tokio::select! {
             biased;
             ending = &mut end => ending.ok().flatten().map(|status| (Err(status), None)),
-            next = queued.recv() => match next {
+            next = queued.rx.recv() => match next {
                 Some(response) => Some((Ok(response), Some((queued, end)))),
                 None => end.await.ok().flatten().map(|status| (Err(status), None)),
             },
@@ -188,14 +221,20 @@ async fn deliver(
             Ok(None) => continue,
             Err(e) => return Some(e),
         };
+        // A batch that cannot be queued (the stream is ending) goes back at once.
         tokio::select! {
             biased;
-            () = stop.cancelled() => return None,
-            sent = responses.send(response) => {
-                if sent.is_err() {
+            () = stop.cancelled() => {
+                session.release(response).await;
+                return None;
+            }
+            permit = responses.reserve() => match permit {
+                Ok(permit) => permit.send(response),
+                Err(_) => {
+                    session.release(response).await;
                     return None;
                 }
-            }
+            },
         }
     }
 }

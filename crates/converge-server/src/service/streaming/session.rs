@@ -209,6 +209,33 @@ impl StreamSession {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Gives back the messages of a response that never reached the client (the stream ended
+    /// before it could be sent): nacked, so they are delivered again at once rather than after
+    /// their lease runs out. Failures are only logged: the lease expires anyway.
+    pub async fn release(&self, response: v1::StreamingPullResponse) {
+        let ack_ids: Vec<AckId> = response
+            .received_messages
+            .into_iter()
+            .map(|m| AckId(m.ack_id))
+            .collect();
+        if ack_ids.is_empty() {
+            return;
+        }
+        let count = ack_ids.len();
+        match self
+            .service
+            .modify_ack_deadline_tracked(self.subscription(), &ack_ids, Duration::ZERO)
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(subscription = %self.subscription(), count, "released undelivered messages");
+            }
+            Err(e) => {
+                tracing::debug!(subscription = %self.subscription(), count, error = %e, "cannot release undelivered messages");
+            }
+        }
+    }
+
     /// Applies one request of the stream: for a later request (`first == false`) checks that it
     /// changes nothing fixed and takes a new stream deadline; then acks and modacks. With
     /// exactly-once delivery, answers with the confirmations to send; otherwise `None`.
