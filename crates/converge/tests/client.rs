@@ -4,15 +4,15 @@
 //! (`POST /converge/test/clock:advance`), never by sleeping. Waits are for conditions, with a
 //! generous timeout; no test asserts how long something took.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, bail};
 use converge::client::{
     Client, Endpoint, PublishError, Publisher, PublisherSettings, RetrySettings, Subscriber,
     SubscriberSettings,
@@ -23,106 +23,9 @@ use converge::transport::{
 };
 use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{GetSubscriptionRequest, PullRequest};
 use parking_lot::Mutex;
+use support::{Broker, WAIT};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// How long a test waits for something that should happen.
-const WAIT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------------
-// The broker
-
-/// converge-server in this process, on a test clock.
-struct Broker {
-    addr: SocketAddr,
-    data_dir: Option<PathBuf>,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Broker {
-    /// A broker with its data in memory, on a free port.
-    async fn start() -> anyhow::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse()?, None).await
-    }
-
-    /// A broker on `listen`, keeping its data in `data_dir` (so that a restart finds it).
-    async fn start_on(listen: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        let config = converge_server::ServerConfig {
-            listen,
-            data_dir: data_dir.clone(),
-            test_clock: true,
-            ..Default::default()
-        };
-        let (addr, task) =
-            converge_server::run::start(config, async move { signal.cancelled().await }).await?;
-        let broker = Self {
-            addr,
-            data_dir,
-            shutdown,
-            task: Some(task),
-        };
-        broker.wait_ready().await?;
-        Ok(broker)
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let url = format!("http://{}/readyz", self.addr);
-        eventually("the broker is ready", || async {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await
-    }
-
-    /// Stops the broker and waits until it has closed its store and port.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        let task = self.task.take().context("stopped twice")?;
-        tokio::time::timeout(WAIT, task)
-            .await
-            .context("the broker did not stop")??
-    }
-
-    /// Stops the broker and starts a new one on the same address with the same data.
-    async fn restart(self) -> anyhow::Result<Self> {
-        let (addr, data_dir) = (self.addr, self.data_dir.clone());
-        self.stop().await?;
-        Self::start_on(addr, data_dir).await
-    }
-
-    /// Moves the broker's clock forward and runs its maintenance (expired leases come back).
-    async fn advance(&self, seconds: u64) -> anyhow::Result<()> {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}/converge/test/clock:advance", self.addr))
-            .json(&serde_json::json!({ "seconds": seconds }))
-            .send()
-            .await?;
-        ensure!(
-            response.status().is_success(),
-            "advancing the clock: {}",
-            response.status()
-        );
-        Ok(())
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::parse(&self.addr.to_string()).expect("a socket address is an endpoint")
-    }
-
-    async fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(self.endpoint()).await?)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -326,7 +229,7 @@ async fn a_thousand_concurrent_publishes_are_all_received_exactly_once() -> anyh
     assert_eq!(subscriber.stats().acked, 1000, "every message was acked");
 
     // Acks reached the broker: past every lease deadline, nothing is left to deliver.
-    broker.advance(700).await?;
+    broker.advance(Duration::from_secs(700)).await?;
     assert_eq!(pull_now(&client, &subscription).await?, 0);
     Ok(())
 }
@@ -708,7 +611,7 @@ async fn leases_are_extended_while_a_handler_runs() -> anyhow::Result<()> {
     // after two steps the message has been out 30 s, past the 20 s of any single lease.
     for _ in 0..2 {
         two_fresh_extensions(&subscriber).await?;
-        broker.advance(15).await?;
+        broker.advance(Duration::from_secs(15)).await?;
     }
     // A redelivery of an expired lease comes before newer messages: once the marker is
     // received, anything redelivered would have been received too.
@@ -731,7 +634,7 @@ async fn leases_are_extended_while_a_handler_runs() -> anyhow::Result<()> {
     release.cancel();
     eventually("both are acked", || async { subscriber.stats().acked >= 2 }).await?;
     receiving.stop().await?;
-    broker.advance(700).await?;
+    broker.advance(Duration::from_secs(700)).await?;
     assert_eq!(pull_now(&client, &subscription).await?, 0, "nothing left");
     Ok(())
 }
@@ -757,7 +660,7 @@ async fn without_lease_extension_a_long_handler_loses_its_message() -> anyhow::R
 
     client.publish(&topic, vec![message("slow")]).await?;
     seen.wait_for(1).await?;
-    broker.advance(15).await?;
+    broker.advance(Duration::from_secs(15)).await?;
     eventually("the message is redelivered", || async {
         seen.count_of("slow") == 2
     })
@@ -810,7 +713,7 @@ async fn shutdown_waits_for_running_handlers_and_sends_their_acks() -> anyhow::R
         1,
         "the ack was sent before returning"
     );
-    broker.advance(700).await?;
+    broker.advance(Duration::from_secs(700)).await?;
     assert_eq!(pull_now(&client, &subscription).await?, 0);
     Ok(())
 }
@@ -936,8 +839,8 @@ async fn an_unreachable_broker_is_reported_with_its_address() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_and_publish_carry_on_across_a_broker_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let broker = Broker::start_on("127.0.0.1:0".parse()?, Some(dir.path().to_owned())).await?;
-    let addr = broker.addr;
+    let mut broker = Broker::start_on("127.0.0.1:0".parse()?, Some(dir.path().to_owned())).await?;
+    let addr = broker.addr();
     let client = broker.client().await?;
     let (topic, subscription) = topic_and_subscription(&client, |_| {}).await?;
     let publisher = client.publisher(&topic, PublisherSettings::default());
@@ -979,7 +882,7 @@ async fn receive_and_publish_carry_on_across_a_broker_restart() -> anyhow::Resul
     receiving.stop().await?;
 
     // And once more, through the helper that restarts in one step.
-    let broker = broker.restart().await?;
+    let mut broker = broker.restart().await?;
     let receiving = Receiving::start(&subscriber, seen.acking());
     within("publish after restart", publisher.publish(message("again"))).await??;
     eventually("the last message is handled", || async {

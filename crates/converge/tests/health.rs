@@ -3,71 +3,15 @@
 //! answer; `503` naming the failing check when the database URL points to a closed port or the
 //! broker has been stopped.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use converge::client::{Client, Endpoint};
+use anyhow::bail;
 use converge::health::{BrokerCheck, FnCheck, Health, HttpCheck, PostgresCheck};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// How long a test waits for something that should happen.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// The test database.
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// A converge broker in this process.
-struct Broker {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Broker {
-    async fn start() -> anyhow::Result<Self> {
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        let config = converge_server::ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            test_clock: true,
-            ..Default::default()
-        };
-        let (addr, task) =
-            converge_server::run::start(config, async move { signal.cancelled().await }).await?;
-        let broker = Self {
-            addr,
-            shutdown,
-            task: Some(task),
-        };
-        wait_for(&format!("http://{addr}/readyz"), 200).await?;
-        Ok(broker)
-    }
-
-    async fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(Endpoint::parse(&self.addr.to_string())?).await?)
-    }
-
-    /// Stops the broker and waits until it has.
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .context("the broker did not stop")???;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+use support::{Broker, DATABASE_URL, WAIT, serve};
 
 /// Polls `url` until it answers `status`; returns the JSON body.
 async fn wait_for(url: &str, status: u16) -> anyhow::Result<Value> {
@@ -87,14 +31,6 @@ async fn wait_for(url: &str, status: u16) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Serves `app` on a free local port.
-async fn serve(app: axum::Router) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
 }
 
 /// The entry of `name` in a `/readyz` body.

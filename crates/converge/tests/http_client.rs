@@ -6,6 +6,8 @@
 //! plus a generous allowance for scheduling noise. The exact schedule (immediate first retry,
 //! growing full-jitter caps) is unit-tested with a seeded RNG in `src/http_client/backoff.rs`.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -92,11 +94,7 @@ impl Flaky {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("flaky server failed");
-        });
+        let task = support::serve_on(listener, app);
         Ok(Self { addr, shared, task })
     }
 

@@ -1,6 +1,8 @@
 //! The `Idempotency-Key` middleware on a real axum server on 127.0.0.1, driven with reqwest,
-//! with the store in memory and in the real PostgreSQL (a table of its own per test), both on
+//! with the store in memory and in the real PostgreSQL (a schema of its own per test), both on
 //! a manual clock so that leases expire without sleeping.
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,13 +18,10 @@ use converge::http::idempotency::IdempotencyLayer;
 use converge::idempotency::IdempotencyKey;
 use converge::idempotency::store::{IdempotencyStore, MemoryIdempotencyStore, SqlIdempotencyStore};
 use converge_core::ManualClock;
-use sqlx::postgres::PgPoolOptions;
+use support::{PgSchema, WAIT};
 use tokio::sync::watch;
 
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const LEASE: Duration = Duration::from_secs(30);
-const WAIT: Duration = Duration::from_secs(30);
-
 /// What the handler does on its `n`-th run (counting from 1).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Behaviour {
@@ -89,37 +88,13 @@ struct Server {
     gate: watch::Sender<bool>,
     clock: ManualClock,
     http: reqwest::Client,
-    _table: Option<DropTable>,
+    _schema: Option<PgSchema>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-struct DropTable(String);
-
-impl Drop for DropTable {
-    fn drop(&mut self) {
-        let table = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(async {
-                    let pool = PgPoolOptions::new()
-                        .max_connections(1)
-                        .connect(DATABASE_URL)
-                        .await?;
-                    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                        .execute(&pool)
-                        .await?;
-                    anyhow::Ok(())
-                })
-        })
-        .join();
     }
 }
 
@@ -132,23 +107,19 @@ enum Backend {
 impl Server {
     async fn start(backend: Backend, behaviour: Behaviour) -> anyhow::Result<Self> {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-        let (store, table): (Arc<dyn IdempotencyStore>, _) = match backend {
+        let (store, schema): (Arc<dyn IdempotencyStore>, _) = match backend {
             Backend::Memory => (
                 Arc::new(MemoryIdempotencyStore::new().with_clock(Arc::new(clock.clone()))),
                 None,
             ),
             Backend::Postgres => {
                 let table = format!("idem_http_{}", uuid::Uuid::new_v4().simple());
-                let guard = DropTable(table.clone());
-                let pool = PgPoolOptions::new()
-                    .max_connections(10)
-                    .connect(DATABASE_URL)
-                    .await?;
-                let store = SqlIdempotencyStore::new(pool)
+                let schema = PgSchema::new().await?;
+                let store = SqlIdempotencyStore::new(schema.pool.clone())
                     .with_table(&table)?
                     .with_clock(Arc::new(clock.clone()));
                 store.migrate().await?;
-                (Arc::new(store) as Arc<dyn IdempotencyStore>, Some(guard))
+                (Arc::new(store) as Arc<dyn IdempotencyStore>, Some(schema))
             }
         };
         let runs = Arc::new(AtomicUsize::new(0));
@@ -186,7 +157,7 @@ impl Server {
             gate,
             clock,
             http: reqwest::Client::new(),
-            _table: table,
+            _schema: schema,
             task,
         })
     }

@@ -52,7 +52,11 @@ async fn concurrent_retried_duplicates_run_the_work_once_and_all_get_its_answer(
     });
     let answers = futures::future::join_all(callers).await;
 
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran more than once");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the work ran more than once"
+    );
     for answer in answers {
         let (status, body) = answer.unwrap();
         assert_eq!(status, StatusCode::CREATED, "{body}");

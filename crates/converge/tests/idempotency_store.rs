@@ -1,7 +1,9 @@
 //! The idempotency store and the side-effect guard, with the same test bodies on every backend:
-//! in memory, the real PostgreSQL (127.0.0.1:5432, database `test`, a table of its own per
+//! in memory, the real PostgreSQL (127.0.0.1:5432, database `test`, a schema of its own per
 //! test) and SQLite (a temporary file). Every backend runs on a manual clock, so leases and
 //! retention expire without sleeping.
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,55 +15,18 @@ use converge::idempotency::store::{
     Begin, IdempotencyStore, MemoryIdempotencyStore, SqlIdempotencyStore, StoreError,
 };
 use converge_core::{Clock as _, ManualClock};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::sqlite::SqlitePoolOptions;
+use support::{PgSchema, SqliteDb, WAIT};
 use tokio::sync::Notify;
 
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const LEASE: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(3600);
-const WAIT: Duration = Duration::from_secs(30);
-
 /// A store on some backend, its manual clock, and whatever must live as long as it.
 struct Backend {
     store: Arc<dyn IdempotencyStore>,
     clock: ManualClock,
-    _cleanup: Option<Cleanup>,
-}
-
-enum Cleanup {
-    /// A PostgreSQL table to drop at the end.
-    Table(String),
-    /// A SQLite file's directory.
-    Dir(#[allow(dead_code)] tempfile::TempDir),
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Cleanup::Table(table) = self else { return };
-        let table = table.clone();
-        let name = table.clone();
-        // Dropped inside the test's runtime, which must not block on itself.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(async {
-                    let pool = PgPoolOptions::new()
-                        .max_connections(1)
-                        .connect(DATABASE_URL)
-                        .await?;
-                    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                        .execute(&pool)
-                        .await?;
-                    anyhow::Ok(())
-                })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop table {name}");
-        }
-    }
+    /// The PostgreSQL schema or the SQLite file, removed when the test ends.
+    _database: Option<Box<dyn Send + Sync>>,
 }
 
 fn clock() -> ManualClock {
@@ -74,19 +39,15 @@ async fn memory() -> anyhow::Result<Backend> {
     Ok(Backend {
         store: Arc::new(store),
         clock,
-        _cleanup: None,
+        _database: None,
     })
 }
 
 async fn postgres() -> anyhow::Result<Backend> {
     let clock = clock();
     let table = format!("idem_{}", uuid::Uuid::new_v4().simple());
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect(DATABASE_URL)
-        .await?;
-    let cleanup = Cleanup::Table(table.clone());
-    let store = SqlIdempotencyStore::new(pool)
+    let schema = PgSchema::new().await?;
+    let store = SqlIdempotencyStore::new(schema.pool.clone())
         .with_table(&table)?
         .with_clock(Arc::new(clock.clone()));
     store.migrate().await?;
@@ -95,29 +56,20 @@ async fn postgres() -> anyhow::Result<Backend> {
     Ok(Backend {
         store: Arc::new(store),
         clock,
-        _cleanup: Some(cleanup),
+        _database: Some(Box::new(schema)),
     })
 }
 
 async fn sqlite() -> anyhow::Result<Backend> {
     let clock = clock();
-    let dir = tempfile::tempdir()?;
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(dir.path().join("keys.db"))
-                .create_if_missing(true)
-                .busy_timeout(WAIT),
-        )
-        .await?;
-    let store = SqlIdempotencyStore::new(pool).with_clock(Arc::new(clock.clone()));
+    let db = SqliteDb::new("keys.db").await?;
+    let store = SqlIdempotencyStore::new(db.pool.clone()).with_clock(Arc::new(clock.clone()));
     store.migrate().await?;
     store.migrate().await?;
     Ok(Backend {
         store: Arc::new(store),
         clock,
-        _cleanup: Some(Cleanup::Dir(dir)),
+        _database: Some(Box::new(db)),
     })
 }
 

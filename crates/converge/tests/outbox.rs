@@ -1,19 +1,22 @@
 //! The transactional outbox against the real PostgreSQL (127.0.0.1:5432, database `test`) and
 //! SQLite, relaying to a real converge broker started in process and reached over gRPC.
 //!
-//! Each PostgreSQL test works in a schema of its own (`outbox_<random>`, set as the pool's
+//! Each PostgreSQL test works in a schema of its own (`support::PgSchema`, set as the pool's
 //! `search_path`), dropped at the end, so tests run in parallel without seeing each other's
 //! rows. They do share the cluster's transaction ids, so a test's rows can be held back by
 //! another test's open transaction for a moment: tests wait for outcomes with a generous
 //! deadline instead of expecting them after one round.
 
+mod support;
+
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use converge::client::{Client, Endpoint};
+use converge::client::Client;
 use converge::cloudevents;
 use converge::event::Event;
 use converge::idempotency::IDEMPOTENCY_KEY_ATTRIBUTE;
@@ -24,24 +27,14 @@ use converge::transport::{
     TopicConfig, Transport, TransportError,
 };
 use converge::{OutgoingMessage, transport::Code};
-use converge_server::ServerConfig;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Connection as _, Executor as _, PgConnection, Row as _};
+use sqlx::Row as _;
+use sqlx::sqlite::SqlitePoolOptions;
+use support::{Intercept, Intercepted, PgSchema, QUIET, SqliteDb, WAIT};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// How long a test waits for something that should happen.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// How long a test watches for something that should not happen: a delivery that is due
-/// arrives within milliseconds, so a wrong one shows up well within this.
-const QUIET: Duration = Duration::from_millis(750);
 
 const TOPIC: &str = "projects/test/topics/outbox";
 const SUBSCRIPTION: &str = "projects/test/subscriptions/outbox";
@@ -52,28 +45,14 @@ const SUBSCRIPTION: &str = "projects/test/subscriptions/outbox";
 
 /// A converge broker in this process, with the outbox topic and a subscription on it.
 struct Broker {
+    server: support::Broker,
     client: Arc<Client>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 impl Broker {
     async fn start() -> anyhow::Result<Self> {
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            test_clock: true,
-            ..Default::default()
-        };
-        let (addr, _server) =
-            converge_server::start(config, async move { stop.cancelled().await }).await?;
-        let client = Client::connect(Endpoint::parse(&addr.to_string())?).await?;
+        let server = support::Broker::start().await?;
+        let client = server.client().await?;
         client
             .ensure_topic(&TopicConfig {
                 name: TOPIC.to_owned(),
@@ -84,8 +63,8 @@ impl Broker {
             .ensure_subscription(&SubscriptionConfig::new(SUBSCRIPTION, TOPIC))
             .await?;
         Ok(Self {
+            server,
             client: Arc::new(client),
-            shutdown,
         })
     }
 
@@ -95,7 +74,7 @@ impl Broker {
 
     /// Receives from the outbox subscription, acknowledging everything.
     fn subscribe(&self) -> Received {
-        subscribe(self.transport(), self.shutdown.child_token())
+        subscribe(self.transport(), self.server.child_token())
     }
 }
 
@@ -194,12 +173,12 @@ struct Recording {
 }
 
 impl Recording {
-    fn new(inner: Arc<dyn Transport>) -> Arc<Self> {
-        Arc::new(Self {
+    fn new(inner: Arc<dyn Transport>) -> Arc<Intercepted<Self>> {
+        Arc::new(Intercepted(Self {
             inner,
             published: Mutex::new(Vec::new()),
             lose_answers: AtomicUsize::new(0),
-        })
+        }))
     }
 
     fn published(&self) -> Vec<(String, String)> {
@@ -208,16 +187,9 @@ impl Recording {
 }
 
 #[async_trait::async_trait]
-impl Transport for Recording {
-    async fn ensure_topic(&self, topic: &TopicConfig) -> Result<(), TransportError> {
-        self.inner.ensure_topic(topic).await
-    }
-
-    async fn ensure_subscription(
-        &self,
-        subscription: &SubscriptionConfig,
-    ) -> Result<(), TransportError> {
-        self.inner.ensure_subscription(subscription).await
+impl Intercept for Recording {
+    fn inner(&self) -> &Arc<dyn Transport> {
+        &self.inner
     }
 
     async fn publish(
@@ -245,58 +217,27 @@ impl Transport for Recording {
         }
         Ok(ids)
     }
-
-    async fn receive(
-        &self,
-        subscription: &str,
-        options: ReceiveOptions,
-        handler: MessageHandler,
-        shutdown: CancellationToken,
-    ) -> Result<(), TransportError> {
-        self.inner
-            .receive(subscription, options, handler, shutdown)
-            .await
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: a schema per test
 // ---------------------------------------------------------------------------------------------
 
-/// A schema of its own, with a pool whose connections use it as `search_path`. Dropped (with
-/// everything in it) when the test ends, even by a panic.
-struct Schema {
-    name: String,
-    pool: PgPool,
+/// A schema of its own ([`PgSchema`]: dropped when the test ends, even by a panic), with the
+/// outbox helpers of these tests.
+struct Schema(PgSchema);
+
+impl Deref for Schema {
+    type Target = PgSchema;
+
+    fn deref(&self) -> &PgSchema {
+        &self.0
+    }
 }
 
 impl Schema {
     async fn create() -> anyhow::Result<Self> {
-        let name = format!("outbox_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(DATABASE_URL).await?;
-        admin
-            .execute(format!("CREATE SCHEMA {name}").as_str())
-            .await?;
-        admin.close().await?;
-        let search_path = format!("SET search_path TO {name}");
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .after_connect(move |conn, _meta| {
-                let search_path = search_path.clone();
-                Box::pin(async move {
-                    conn.execute(search_path.as_str()).await?;
-                    Ok(())
-                })
-            })
-            // Named after the schema, so that the drop can end whatever a failed test left
-            // open (a transaction holding locks would block it).
-            .connect_with(
-                DATABASE_URL
-                    .parse::<PgConnectOptions>()?
-                    .application_name(&name),
-            )
-            .await?;
-        Ok(Self { name, pool })
+        Ok(Self(PgSchema::new().await?))
     }
 
     /// A migrated outbox in this schema.
@@ -343,38 +284,6 @@ impl Schema {
             Ok(self.count("published_at IS NULL").await? == 0)
         })
         .await
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Dropping runs inside the test's runtime, which must not block on itself: drop the
-        // schema from a thread with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(DATABASE_URL).await?;
-                sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = $1",
-                )
-                .bind(&name)
-                .execute(&mut admin)
-                .await?;
-                admin.execute("SET lock_timeout = '10s'").await?;
-                admin
-                    .execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
-                    .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop schema {}", self.name);
-        }
     }
 }
 
@@ -853,15 +762,8 @@ async fn a_relay_without_its_table_stops_with_a_clear_error() -> anyhow::Result<
 #[tokio::test]
 async fn sqlite_round_trip() -> anyhow::Result<()> {
     let broker = Broker::start().await?;
-    let dir = tempfile::tempdir()?;
-    let pool: SqlitePool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(dir.path().join("app.db"))
-                .create_if_missing(true),
-        )
-        .await?;
+    let db = SqliteDb::new("app.db").await?;
+    let pool = db.pool.clone();
     let outbox = Outbox::new();
     outbox.migrate(&pool).await?;
     outbox.migrate(&pool).await?;

@@ -4,28 +4,26 @@
 //! fail verification are refused (so the broker retries them), and a handler's error sends the
 //! message back.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
 use base64::Engine as _;
-use converge::client::{Client, Endpoint};
+use converge::client::Client;
 use converge::push::{PushMessage, PushResponse, PushVerifier};
 use converge::{OutgoingMessage, Transport};
 use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
     PushConfig, Subscription, Topic, push_config,
 };
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
-
-/// How long a test waits for something that should happen.
-const WAIT: Duration = Duration::from_secs(30);
+use support::WAIT;
 
 /// How long a test watches for a redelivery that must not come. A nacked push is redelivered
 /// at once (no retry policy), so one would show up well within this.
@@ -37,53 +35,21 @@ const EMAIL: &str = "pusher@test.iam.gserviceaccount.com";
 /// The audience the tokens are minted for.
 const AUDIENCE: &str = "https://receiver.test/push";
 
-/// A converge broker in this process.
+/// A converge broker in this process, with a client to create push subscriptions and publish.
 struct Broker {
-    addr: SocketAddr,
+    server: support::Broker,
     client: Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 impl Broker {
     async fn start() -> anyhow::Result<Self> {
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        let config = converge_server::ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            test_clock: true,
-            ..Default::default()
-        };
-        let (addr, _task) =
-            converge_server::run::start(config, async move { signal.cancelled().await }).await?;
-        let http = reqwest::Client::new();
-        let give_up = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if tokio::time::Instant::now() >= give_up {
-                bail!("the broker did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let client = Client::connect(Endpoint::parse(&addr.to_string())?).await?;
-        Ok(Self {
-            addr,
-            client,
-            shutdown,
-        })
+        let server = support::Broker::start().await?;
+        let client = server.client().await?;
+        Ok(Self { server, client })
     }
 
     fn jwks_url(&self) -> String {
-        format!("http://{}/converge/push/jwks.json", self.addr)
+        self.server.url("/converge/push/jwks.json")
     }
 
     /// Creates a topic and a push subscription on it; returns their names and the subscription
@@ -295,7 +261,7 @@ fn serve_on(
             seen.clone(),
             record_status,
         ));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    support::serve_on(listener, app);
     seen
 }
 

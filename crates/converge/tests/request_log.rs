@@ -6,6 +6,8 @@
 //! fields as JSON (what a JSON formatter would print); tests tell their lines apart by request
 //! id, so they can run in parallel in one process.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -125,17 +127,7 @@ async fn one_line(log_type: &str, id: &str, service: &str) -> Map<String, Value>
 
 /// Serves `app` on a free local port with peer addresses, returning the address.
 async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
+    support::serve(app).await.expect("serving on a free port")
 }
 
 /// "billing": answers `201` with the `x-request-id` it received and the id its handler sees

@@ -27,8 +27,27 @@
 //! server's side for a moment, and a message falling due then is leased to it (it comes back
 //! only when that lease runs out). Read the verdicts instead, or watch redeliveries while the
 //! loop still runs.
+//!
+//! Set-ups other than the harness, one piece of code each: [`Broker`] (converge-server in this
+//! process on a test clock), [`PgSchema`] (a PostgreSQL schema per test), [`SqliteDb`] (SQLite
+//! in a temporary file) and [`Intercept`] (test doubles around a real transport).
 
 #![allow(dead_code)]
+
+pub mod broker;
+pub mod intercept;
+pub mod postgres;
+pub mod sqlite;
+
+// Each test binary uses only some of these.
+#[allow(unused_imports)]
+pub use broker::Broker;
+#[allow(unused_imports)]
+pub use intercept::{Intercept, Intercepted};
+#[allow(unused_imports)]
+pub use postgres::{DATABASE_URL, PgSchema};
+#[allow(unused_imports)]
+pub use sqlite::SqliteDb;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +59,8 @@ use bytes::Bytes;
 use converge::client::{Client, Subscriber};
 use converge::memory::MemoryTransport;
 use converge::transport::{
-    BoxFuture, Disposition, IncomingMessage, MessageHandler, OutgoingMessage, ReceiveOptions,
-    SubscriptionConfig, TopicConfig, Transport, TransportError,
+    BoxFuture, Disposition, IncomingMessage, MessageHandler, ReceiveOptions, SubscriptionConfig,
+    TopicConfig, Transport, TransportError,
 };
 use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
     AcknowledgeRequest, PullRequest, ReceivedMessage,
@@ -55,7 +74,7 @@ use tokio_util::sync::CancellationToken;
 pub const PROJECT: &str = "test";
 
 /// How long a test waits for something that should happen (generous: CI machines are slow).
-pub const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How long a test watches for something that should *not* happen. Deliveries that are due
 /// arrive within milliseconds on both backends, so a wrong delivery shows up well within this.
@@ -74,25 +93,12 @@ pub enum Backend {
 /// One test's backend: a transport, its clock, and unique names.
 pub struct Harness {
     backend: Backend,
-    transport: Arc<Tracked>,
+    transport: Arc<Intercepted<Tracked>>,
     memory: Option<MemoryTransport>,
     client: Option<Client>,
     broker: Option<Broker>,
     prefix: String,
     counter: AtomicU64,
-}
-
-/// A converge-server running in this process for one test.
-struct Broker {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 impl Harness {
@@ -106,7 +112,7 @@ impl Harness {
             }
             Backend::Broker => {
                 let broker = Broker::start().await?;
-                let client = broker_client(broker.addr).await?;
+                let client = broker.client().await?;
                 let transport = Tracked::new(Arc::new(client.clone()), Some(client.clone()));
                 (transport, None, Some(client), Some(broker))
             }
@@ -146,7 +152,7 @@ impl Harness {
 
     /// The broker's address, on the broker backend.
     pub fn broker_addr(&self) -> Option<SocketAddr> {
-        self.broker.as_ref().map(|b| b.addr)
+        self.broker.as_ref().map(Broker::addr)
     }
 
     /// Moves the backend's clock forward by `by` and runs its maintenance (expired leases,
@@ -301,72 +307,6 @@ impl Harness {
     }
 }
 
-impl Broker {
-    /// Starts converge-server on a free port with a test clock and waits until it is ready.
-    async fn start() -> anyhow::Result<Self> {
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
-        let config = converge_server::ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            test_clock: true,
-            ..Default::default()
-        };
-        let (addr, _server) =
-            converge_server::run::start(config, async move { signal.cancelled().await }).await?;
-        let broker = Self {
-            addr,
-            http: reqwest::Client::new(),
-            shutdown,
-        };
-        broker.wait_ready().await?;
-        Ok(broker)
-    }
-
-    /// Polls `/readyz` until the store is open (API calls answer UNAVAILABLE before).
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let url = format!("http://{}/readyz", self.addr);
-        let give_up = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= give_up {
-                bail!(
-                    "the broker at {} did not become ready within {WAIT:?}",
-                    self.addr
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `POST /converge/test/clock:advance`.
-    async fn advance(&self, by: Duration) -> anyhow::Result<()> {
-        let url = format!("http://{}/converge/test/clock:advance", self.addr);
-        let response = self
-            .http
-            .post(&url)
-            .json(&serde_json::json!({ "seconds": by.as_secs_f64() }))
-            .send()
-            .await
-            .context("advancing the broker's clock")?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            bail!("advancing the broker's clock answered {status}: {body}");
-        }
-        Ok(())
-    }
-}
-
-/// The broker's transport: the SDK's gRPC client connected to `addr`.
-async fn broker_client(addr: SocketAddr) -> anyhow::Result<Client> {
-    let endpoint = converge::client::Endpoint::parse(&addr.to_string())?;
-    Ok(Client::connect(endpoint).await?)
-}
-
 /// One unary `Pull` with `return_immediately` (what is deliverable now, without waiting),
 /// acknowledged at once.
 #[allow(deprecated)] // `return_immediately`: deprecated by Google, honoured by converge
@@ -440,12 +380,12 @@ struct ReceiveCount {
 }
 
 impl Tracked {
-    fn new(inner: Arc<dyn Transport>, client: Option<Client>) -> Self {
-        Self {
+    fn new(inner: Arc<dyn Transport>, client: Option<Client>) -> Intercepted<Self> {
+        Intercepted(Self {
             inner,
             client,
             receives: Mutex::default(),
-        }
+        })
     }
 
     /// Deliveries of `subscription` handed to handlers, and how many of them returned.
@@ -485,24 +425,9 @@ impl Tracked {
 }
 
 #[async_trait::async_trait]
-impl Transport for Tracked {
-    async fn ensure_topic(&self, topic: &TopicConfig) -> Result<(), TransportError> {
-        self.inner.ensure_topic(topic).await
-    }
-
-    async fn ensure_subscription(
-        &self,
-        subscription: &SubscriptionConfig,
-    ) -> Result<(), TransportError> {
-        self.inner.ensure_subscription(subscription).await
-    }
-
-    async fn publish(
-        &self,
-        topic: &str,
-        messages: Vec<OutgoingMessage>,
-    ) -> Result<Vec<String>, TransportError> {
-        self.inner.publish(topic, messages).await
+impl Intercept for Tracked {
+    fn inner(&self) -> &Arc<dyn Transport> {
+        &self.inner
     }
 
     async fn receive(
@@ -695,6 +620,29 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) -> anyhow::Res
     Ok(())
 }
 
+/// Serves `app` on a free loopback port until the test ends, with peer addresses
+/// (`ConnectInfo<SocketAddr>`) for handlers that log them; returns the address. For the local
+/// HTTP services the tests put around the SDK (receivers, dependencies, scripted servers).
+pub async fn serve(app: axum::Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    serve_on(listener, app);
+    Ok(addr)
+}
+
+/// Serves `app` on an already bound `listener` (for a test that must know the address before
+/// it can build the app); abort the returned task to stop serving early.
+pub fn serve_on(listener: tokio::net::TcpListener, app: axum::Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("a local test server failed");
+    })
+}
+
 /// A message's payload as text (lossy).
 pub fn text(message: &IncomingMessage) -> String {
     String::from_utf8_lossy(&message.data).into_owned()
@@ -703,6 +651,7 @@ pub fn text(message: &IncomingMessage) -> String {
 /// Generates each listed test twice, `memory::NAME` and `broker::NAME`, each calling
 /// `NAME(harness)` (an `async fn(Harness) -> anyhow::Result<()>` of the calling file) with a
 /// fresh harness on its backend, so both backends run identical assertions.
+#[allow(unused_macros)] // not every test binary runs on both backends
 macro_rules! both_backends {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -727,4 +676,5 @@ macro_rules! both_backends {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use both_backends;
