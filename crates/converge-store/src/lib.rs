@@ -3,4 +3,6 @@
 //! - [`embedded`]: the default engine, in-process, on a segmented append-only log with group
 //!   commit. Also serves `--memory` (the same engine with persistence turned off).
 
+#[cfg(test)]
+pub mod conformance;
 pub mod embedded;
