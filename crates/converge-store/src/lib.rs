@@ -6,3 +6,4 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod embedded;
+pub mod postgres;
