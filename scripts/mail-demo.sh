@@ -22,10 +22,12 @@ start_broker() {
   echo $! >"$data/pid"
 }
 cleanup() {
-  [[ -n ${chaos:-} ]] && kill "$chaos" 2>/dev/null
+  local rc=$?
+  if [[ -n ${chaos:-} ]]; then kill "$chaos" 2>/dev/null || true; fi
   kill -TERM "$(cat "$data/pid")" 2>/dev/null || true
   sleep 0.5
   rm -rf "$data"
+  exit "$rc"
 }
 trap cleanup EXIT
 start_broker
@@ -38,7 +40,7 @@ done
 # Mid-run, the broker is killed with SIGKILL and started again on the same port and data: what it
 # acknowledged must survive, and the SDK must reconnect on its own.
 (
-  sleep "${BROKER_CRASH_AFTER:-3}"
+  sleep "${BROKER_CRASH_AFTER:-2}"
   kill -KILL "$(cat "$data/pid")"
   echo "mail-demo.sh: broker killed with SIGKILL; restarting it" >&2
   sleep 0.5
