@@ -237,28 +237,12 @@ impl PostgresStore {
         topic: &TopicName,
         page: PageRequest,
     ) -> Result<Page<SubscriptionName>> {
-        let topic_id = self.live_topic_id(topic).await?;
-        let size = page_size(&page);
-        let rows = sqlx::query(concat!(
+        let sql = concat!(
             "SELECT name FROM subscriptions WHERE topic_id = $4 AND NOT detached AND ",
             keyset!("name")
-        ))
-        .bind("projects/")
-        .bind(&page.page_token)
-        .bind(size as i64 + 1)
-        .bind(topic_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let items = rows
-            .iter()
-            .map(|row| {
-                let name: String = col(row, "name")?;
-                let parsed = SubscriptionName::parse(&name)?;
-                Ok((name, parsed))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(finish_page(items, size))
+        );
+        self.list_topic_children(sql, topic, page, SubscriptionName::parse)
+            .await
     }
 
     /// The id of the live topic `name`, or `NOT_FOUND`.
@@ -659,24 +643,38 @@ impl PostgresStore {
         topic: &TopicName,
         page: PageRequest,
     ) -> Result<Page<SnapshotName>> {
-        let topic_id = self.live_topic_id(topic).await?;
-        let size = page_size(&page);
-        let rows = sqlx::query(concat!(
+        let sql = concat!(
             "SELECT name FROM snapshots WHERE topic_id = $4 AND ",
             keyset!("name")
-        ))
-        .bind("projects/")
-        .bind(&page.page_token)
-        .bind(size as i64 + 1)
-        .bind(topic_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        );
+        self.list_topic_children(sql, topic, page, SnapshotName::parse)
+            .await
+    }
+
+    /// One page of the names of a live topic's children (subscriptions, snapshots): `sql`
+    /// selects `name` with the keyset condition, the topic's id as `$4`.
+    async fn list_topic_children<N>(
+        &self,
+        sql: &'static str,
+        topic: &TopicName,
+        page: PageRequest,
+        parse: fn(&str) -> Result<N>,
+    ) -> Result<Page<N>> {
+        let topic_id = self.live_topic_id(topic).await?;
+        let size = page_size(&page);
+        let rows = sqlx::query(sql)
+            .bind("projects/")
+            .bind(&page.page_token)
+            .bind(size as i64 + 1)
+            .bind(topic_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         let items = rows
             .iter()
             .map(|row| {
                 let name: String = col(row, "name")?;
-                let parsed = SnapshotName::parse(&name)?;
+                let parsed = parse(&name)?;
                 Ok((name, parsed))
             })
             .collect::<Result<Vec<_>>>()?;
