@@ -52,3 +52,54 @@ pub struct Subscription {
     /// The resource as the API layer last wrote it; see [`crate::Topic::resource`].
     pub resource: Bytes,
 }
+
+/// What must happen to a message whose delivery failed (a nack, or a lease that expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// It waits for its next attempt, deliverable again at `ready_at`.
+    Retry {
+        /// When it becomes deliverable again.
+        ready_at: SystemTime,
+    },
+    /// It has used up its attempts: forward it to the dead-letter topic, then complete it.
+    DeadLetter {
+        /// Deliveries made.
+        attempts: u32,
+    },
+    /// The retry schedule gave up and there is no dead-letter topic: complete it (dropped).
+    GiveUp {
+        /// Deliveries made.
+        attempts: u32,
+    },
+}
+
+impl Subscription {
+    /// Decides the fate of a message whose `attempts`-th delivery failed at `now`, following the
+    /// dead-letter policy and then the retry schedule (measured from `first_attempt`). `jitter`
+    /// is a sample in [0, 1). Every engine asks this one function, so a retry schedule means the
+    /// same thing whichever store keeps the lease.
+    pub fn after_failure(
+        &self,
+        attempts: u32,
+        first_attempt: SystemTime,
+        now: SystemTime,
+        jitter: f64,
+    ) -> AfterFailure {
+        use crate::retry::RetryDecision;
+        let dead_letter = self.dead_letter_policy.as_ref();
+        if dead_letter.is_some_and(|p| p.is_exhausted(attempts)) {
+            return AfterFailure::DeadLetter { attempts };
+        }
+        let Some(schedule) = &self.retry else {
+            return AfterFailure::Retry { ready_at: now };
+        };
+        let elapsed = now.duration_since(first_attempt).unwrap_or(Duration::ZERO);
+        match schedule.decide(attempts, elapsed, jitter) {
+            RetryDecision::RetryAfter(delay) => AfterFailure::Retry {
+                ready_at: now + delay,
+            },
+            RetryDecision::GiveUp if dead_letter.is_some() => AfterFailure::DeadLetter { attempts },
+            RetryDecision::GiveUp => AfterFailure::GiveUp { attempts },
+        }
+    }
+}

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use converge_core::{
-    NewMessage, ProjectId, ReceivedMessage, Snapshot, SnapshotName, Store, Subscription,
-    SubscriptionName, Topic, TopicName,
+    NewMessage, PageRequest, ProjectId, ReceivedMessage, Snapshot, SnapshotName, Store,
+    Subscription, SubscriptionName, Topic, TopicName,
 };
 
 /// The project every scenario works in.
@@ -73,6 +73,14 @@ pub fn pubsub_snapshot(id: &str) -> Snapshot {
         expire_time: SystemTime::UNIX_EPOCH,
         labels: HashMap::new(),
         resource: Bytes::new(),
+    }
+}
+
+/// A page request: `size` items at most (0 for the engine's default), after `token`.
+pub fn page(size: usize, token: &str) -> PageRequest {
+    PageRequest {
+        page_size: size,
+        page_token: token.to_string(),
     }
 }
 

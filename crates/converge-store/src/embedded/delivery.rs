@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use converge_core::filter::Filter;
-use converge_core::retry::RetryDecision;
+use converge_core::subscription::AfterFailure;
 use converge_core::{AckId, Result, StoredMessage, Subscription};
 use tokio::sync::Notify;
 
@@ -37,23 +37,6 @@ enum DeliveryState {
     Leased { lease: u64, deadline: SystemTime },
     /// Waiting to be delivered (again) at `ready_at`.
     Waiting { ready_at: SystemTime },
-}
-
-/// What must happen to a message whose delivery failed (nack or expired lease).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
-    /// It waits for its next attempt.
-    Retry,
-    /// It has used up its attempts: forward it to the dead-letter topic, then complete it.
-    DeadLetter {
-        /// Deliveries made.
-        attempts: u32,
-    },
-    /// The retry schedule gave up and there is no dead-letter topic: complete it (dropped).
-    GiveUp {
-        /// Deliveries made.
-        attempts: u32,
-    },
 }
 
 /// A message handed out by [`SubscriptionState::take`].
@@ -420,34 +403,19 @@ impl SubscriptionState {
     /// dead-letter policy and the retry schedule. `jitter` is a sample in [0, 1).
     pub fn fail(&mut self, id: u64, now: SystemTime, jitter: f64) -> AfterFailure {
         let Some(d) = self.deliveries.get_mut(&id) else {
-            return AfterFailure::Retry;
+            return AfterFailure::Retry { ready_at: now };
         };
         if let DeliveryState::Leased { deadline, .. } = d.state {
             self.leases.remove(&(deadline, id));
         }
-        let attempts = d.attempts;
-        let dead_letter = self.settings.dead_letter_policy.as_ref();
-        if dead_letter.is_some_and(|p| p.is_exhausted(attempts)) {
-            return AfterFailure::DeadLetter { attempts };
+        let outcome = self
+            .settings
+            .after_failure(d.attempts, d.first_attempt, now, jitter);
+        if let AfterFailure::Retry { ready_at } = outcome {
+            d.state = DeliveryState::Waiting { ready_at };
+            self.ready.insert((ready_at, id));
         }
-        let ready_at = match &self.settings.retry {
-            None => now,
-            Some(schedule) => {
-                let elapsed = now
-                    .duration_since(d.first_attempt)
-                    .unwrap_or(Duration::ZERO);
-                match schedule.decide(attempts, elapsed, jitter) {
-                    RetryDecision::RetryAfter(delay) => now + delay,
-                    RetryDecision::GiveUp if dead_letter.is_some() => {
-                        return AfterFailure::DeadLetter { attempts };
-                    }
-                    RetryDecision::GiveUp => return AfterFailure::GiveUp { attempts },
-                }
-            }
-        };
-        d.state = DeliveryState::Waiting { ready_at };
-        self.ready.insert((ready_at, id));
-        AfterFailure::Retry
+        outcome
     }
 
     /// The subscription is done with message `id` (acknowledged, filtered out, dead-lettered,

@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use converge_core::dead_letter::dead_letter_attributes;
 use converge_core::{NewMessage, Result, SubscriptionName};
 
-use super::delivery::AfterFailure;
 use super::record::{MessageRecord, Record};
 use super::state::State;
 use super::{DEAD_LETTER_TOPIC_MISSING_RETRY, Inner};
+use converge_core::subscription::AfterFailure;
 
 impl Inner {
     /// Records for the failed deliveries of one subscription: dead-lettered messages are
@@ -35,7 +35,7 @@ impl Inner {
         let mut done = Vec::new();
         for (id, outcome) in outcomes {
             match outcome {
-                AfterFailure::Retry => {
+                AfterFailure::Retry { .. } => {
                     metrics::counter!("converge_messages_nacked_or_expired_total").increment(1);
                 }
                 AfterFailure::GiveUp { attempts } => {

@@ -10,8 +10,17 @@
 //! Time always comes from the store's [`Clock`], never from SQL `now()`, so tests with a
 //! `ManualClock` behave as they do on the embedded engine.
 
+mod delivery;
+mod maintenance;
+mod publish;
 mod resources;
+mod retention;
 pub mod schema;
+mod seek;
+mod store_impl;
+#[cfg(test)]
+mod tests;
+mod wake;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -157,6 +166,26 @@ pub struct PostgresStore {
     clock: Arc<dyn Clock>,
     schema: Arc<str>,
     version: i32,
+    /// What this node keeps beside the database: wake-ups, caches, leadership. Shared by clones.
+    node: Arc<Node>,
+}
+
+/// The per-process state of a store: nothing here is needed for correctness (the database is
+/// the truth); it saves round trips and lets long polls sleep until something happens.
+#[derive(Debug)]
+struct Node {
+    /// Local long polls, woken after local commits and by the NOTIFY listener.
+    wake: wake::Wakeups,
+    /// Subscription settings by name and by id, refreshed after a short time.
+    subscriptions: delivery::SubscriptionCache,
+    /// The dedicated connection holding (or trying for) the leader lock.
+    leader: tokio::sync::Mutex<maintenance::Leadership>,
+    /// Connection settings, for the dedicated connections (leader, listener).
+    connect_options: PgConnectOptions,
+    /// Set by `close`: no new work, long polls return.
+    closed: std::sync::atomic::AtomicBool,
+    /// The NOTIFY listener task.
+    listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Splits a `schema=` parameter out of `url` (sqlx does not know it), returning the URL without
@@ -206,15 +235,25 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect_options)
+            .connect_with(connect_options.clone())
             .await?;
         tracing::info!(schema = %schema, version, "postgresql store open");
-        Ok(Self {
+        let store = Self {
             pool,
             clock: options.clock,
             schema: schema.into(),
             version,
-        })
+            node: Arc::new(Node {
+                wake: wake::Wakeups::default(),
+                subscriptions: delivery::SubscriptionCache::default(),
+                leader: tokio::sync::Mutex::new(maintenance::Leadership::default()),
+                connect_options,
+                closed: std::sync::atomic::AtomicBool::new(false),
+                listener: parking_lot::Mutex::new(None),
+            }),
+        };
+        store.start_listener();
+        Ok(store)
     }
 
     /// The schema this store works in.
@@ -227,15 +266,18 @@ impl PostgresStore {
         self.version
     }
 
+    /// Fails with `UNAVAILABLE` once the store was closed.
+    fn check_open(&self) -> converge_core::Result<()> {
+        if self.node.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        Ok(())
+    }
+
     /// The pool, for the parts of the store built on top of the resources (and for tests that
     /// inspect rows).
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Closes the pool: waits for the connections in use to come back, then closes them all.
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 }
 
@@ -279,7 +321,7 @@ macro_rules! ts_column {
 pub(crate) use ts_column;
 
 #[cfg(test)]
-mod tests {
+mod url_and_time_tests {
     use super::*;
 
     #[test]

@@ -34,12 +34,12 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("records always serialize")
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     postcard::from_bytes(bytes)
         .map_err(|e| Error::Internal(format!("undecodable {what} settings: {e}")))
 }
 
-fn col<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+pub(super) fn col<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
     row: &'r PgRow,
     name: &str,
 ) -> Result<T> {
@@ -92,7 +92,7 @@ macro_rules! keyset {
 ///
 /// The rollback is explicit so that the locks are released before the caller gets its answer;
 /// a dropped `Transaction` only queues its rollback until the connection is used again.
-async fn finish_tx<T>(tx: Transaction<'_, Postgres>, result: Result<T>) -> Result<T> {
+pub(super) async fn finish_tx<T>(tx: Transaction<'_, Postgres>, result: Result<T>) -> Result<T> {
     match result {
         Ok(value) => {
             tx.commit().await.map_err(db_error)?;
@@ -108,7 +108,7 @@ async fn finish_tx<T>(tx: Transaction<'_, Postgres>, result: Result<T>) -> Resul
 }
 
 /// The real service's words for a subscription without a topic.
-fn detached_error(name: &SubscriptionName) -> Error {
+pub(super) fn detached_error(name: &SubscriptionName) -> Error {
     Error::FailedPrecondition(format!(
         "Subscription {name} is detached from its topic or its topic was deleted"
     ))
@@ -116,7 +116,7 @@ fn detached_error(name: &SubscriptionName) -> Error {
 
 /// A subscription read back from its row: the stored settings, with the columns that change
 /// outside them (topic liveness, detachment) applied.
-fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
+pub(super) fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
     let record: SubscriptionRecord = decode(&col::<Vec<u8>>(row, "settings")?, "subscription")?;
     let topic = col::<Option<String>>(row, "topic_name")?
         .map(|t| TopicName::parse(&t))
@@ -128,7 +128,8 @@ fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
 
 /// The columns [`subscription_from_row`] reads, from `subscriptions s` joined with its topic
 /// while that topic is live.
-const SUBSCRIPTION_SELECT: &str = "SELECT s.name, s.settings, s.detached, t.name AS topic_name
+pub(super) const SUBSCRIPTION_SELECT: &str =
+    "SELECT s.id, s.topic_id, s.name, s.settings, s.detached, t.name AS topic_name
     FROM subscriptions s LEFT JOIN topics t ON t.id = s.topic_id AND NOT t.deleted";
 
 impl PostgresStore {

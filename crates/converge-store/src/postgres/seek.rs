@@ -1,0 +1,316 @@
+//! Seek on PostgreSQL (design §4): to a snapshot or to a time.
+//!
+//! The embedded engine replaces a subscription's acknowledgement state (floor and done set) and
+//! lets delivery find the unacknowledged messages again. Here the state is the cursor and the
+//! `deliveries` rows (a message at or below the cursor is done unless it has a row), so a Seek
+//! computes the messages at or below the resulting cursor that are unacknowledged afterwards and
+//! writes them as fresh waiting rows; messages above the cursor are materialised lazily, as
+//! after any publish. Everything happens in one transaction holding the cursor row, so no
+//! materialisation interleaves, and like the embedded Seek it drops leases, retry timers,
+//! attempt counts and ordering holds.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use converge_core::filter::Filter;
+use converge_core::{Error, Result, SeekTarget, SubscriptionName};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{PostgresStore, db_error, to_micros, ts_param};
+use crate::embedded::delivery::parse_filter;
+use crate::embedded::record::{PubSubSnapshotRecord, SubscriptionRecord};
+use crate::embedded::state::not_found;
+
+/// Rows written (or ids sent) per statement when a Seek materialises a large range.
+const CHUNK: usize = 10_000;
+
+/// Reads a column, mapping a type mismatch to `INTERNAL`.
+pub(super) fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
+    row: &'r PgRow,
+    name: &str,
+) -> Result<T> {
+    row.try_get(name).map_err(db_error)
+}
+
+/// Decodes a postcard record stored in a `settings` column.
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| Error::Internal(format!("undecodable {what} settings: {e}")))
+}
+
+/// Ends a transaction as its work went: commits after success, rolls back (explicitly, so the
+/// locks go before the caller answers) after an error.
+pub(super) async fn finish_tx<T>(tx: Transaction<'_, Postgres>, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            tx.commit().await.map_err(db_error)?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rollback failed; the connection is discarded");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The real service's words for a subscription without a topic (as the embedded engine says).
+fn detached_error(name: &SubscriptionName) -> Error {
+    Error::FailedPrecondition(format!(
+        "Subscription {name} is detached from its topic or its topic was deleted"
+    ))
+}
+
+/// What a Seek needs to know about the subscription, read under its cursor lock.
+struct Seeker {
+    sub_id: i64,
+    topic_id: i64,
+    start_after: i64,
+    cursor: i64,
+    record: SubscriptionRecord,
+}
+
+/// The microsecond bound above which a publish time counts as retained for `retention_ms`:
+/// a message is retained while its age is below the retention (`publish_time > now - r`).
+fn retained_after(now_us: i64, retention_ms: u64) -> i64 {
+    now_us.saturating_sub((retention_ms as i64).saturating_mul(1000))
+}
+
+impl PostgresStore {
+    /// Moves a subscription to a time or a snapshot.
+    ///
+    /// To a snapshot of its topic: exactly the messages the snapshot marked unacknowledged (and
+    /// those published after it) are unacknowledged. To a time `T`: messages published before
+    /// `T` are acknowledged; later ones are unacknowledged if they were, or if an acknowledged
+    /// copy is retained (`retain_acked_messages` within the subscription's retention, or the
+    /// topic's retention), as the embedded `state_at_time` decides.
+    pub(super) async fn seek_subscription(
+        &self,
+        subscription: &SubscriptionName,
+        target: SeekTarget,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let result = self.seek_in(&mut tx, subscription, &target, now).await;
+        let sub_id = finish_tx(tx, result).await?;
+        self.wake_subscription(sub_id).await
+    }
+
+    async fn seek_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        subscription: &SubscriptionName,
+        target: &SeekTarget,
+        now: SystemTime,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT s.id, s.topic_id, s.detached, s.start_after, s.settings, c.cursor
+               FROM subscriptions s JOIN sub_cursors c ON c.sub_id = s.id
+              WHERE s.name = $1 FOR UPDATE OF c",
+        )
+        .bind(subscription.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| not_found(&subscription.to_string()))?;
+        let topic_id = match (
+            col::<Option<i64>>(&row, "topic_id")?,
+            col(&row, "detached")?,
+        ) {
+            (Some(topic_id), false) => topic_id,
+            _ => return Err(detached_error(subscription)),
+        };
+        let seeker = Seeker {
+            sub_id: col(&row, "id")?,
+            topic_id,
+            start_after: col(&row, "start_after")?,
+            cursor: col(&row, "cursor")?,
+            record: decode(&col::<Vec<u8>>(&row, "settings")?, "subscription")?,
+        };
+        let (cursor, unacked) = match target {
+            SeekTarget::Snapshot(name) => self.snapshot_state(tx, &seeker, name, now).await?,
+            SeekTarget::Time(time) => self.time_state(tx, &seeker, *time, now).await?,
+        };
+        let filter = parse_filter(&seeker.record.filter)?;
+        let unacked = match &filter {
+            None => unacked.into_iter().map(|(id, _)| id).collect(),
+            Some(filter) => passing(filter, unacked)?,
+        };
+        sqlx::query("DELETE FROM deliveries WHERE sub_id = $1")
+            .bind(seeker.sub_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        for ids in unacked.chunks(CHUNK) {
+            sqlx::query(concat!(
+                "INSERT INTO deliveries (sub_id, msg_id, ordering_key, publish_time, state, due_at)
+                 SELECT $1, m.id, m.ordering_key, m.publish_time, 0, ",
+                ts_param!("$3"),
+                " FROM messages m WHERE m.topic_id = $2 AND m.id = ANY ($4)"
+            ))
+            .bind(seeker.sub_id)
+            .bind(seeker.topic_id)
+            .bind(to_micros(now))
+            .bind(ids)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        }
+        sqlx::query("UPDATE sub_cursors SET cursor = $2 WHERE sub_id = $1")
+            .bind(seeker.sub_id)
+            .bind(cursor)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        tracing::debug!(
+            subscription = %subscription, ?target, cursor, unacked = unacked.len(), "seek"
+        );
+        Ok(seeker.sub_id)
+    }
+
+    /// The cursor and the unacknowledged messages at or below it after a Seek to snapshot
+    /// `name`: the snapshot's cursor and its `undone` ids still in the log. The snapshot must
+    /// be live and of the subscription's topic; it is read `FOR SHARE`, so it cannot be
+    /// deleted (and the log below its floor truncated) before this Seek commits.
+    async fn snapshot_state(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        seeker: &Seeker,
+        name: &converge_core::SnapshotName,
+        now: SystemTime,
+    ) -> Result<(i64, Vec<(i64, Option<Attributes>)>)> {
+        let snapshot = sqlx::query(concat!(
+            "SELECT topic_id, cursor, undone, settings FROM snapshots
+              WHERE name = $1 AND expire_time > ",
+            ts_param!("$2"),
+            " FOR SHARE"
+        ))
+        .bind(name.to_string())
+        .bind(to_micros(now))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| not_found(&name.to_string()))?;
+        if col::<i64>(&snapshot, "topic_id")? != seeker.topic_id {
+            let record: PubSubSnapshotRecord =
+                decode(&col::<Vec<u8>>(&snapshot, "settings")?, "snapshot")?;
+            return Err(Error::FailedPrecondition(format!(
+                "The snapshot's topic must be the same as that of the subscription: snapshot \
+                 {name} is of topic {}",
+                record.topic
+            )));
+        }
+        let cursor: i64 = col(&snapshot, "cursor")?;
+        let undone: Vec<i64> = col(&snapshot, "undone")?;
+        let rows = sqlx::query(
+            "SELECT id, attributes FROM messages WHERE topic_id = $1 AND id = ANY ($2)
+              ORDER BY id",
+        )
+        .bind(seeker.topic_id)
+        .bind(&undone)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        Ok((cursor, candidates(&rows, seeker)?))
+    }
+
+    /// The cursor and the unacknowledged messages at or below it after a Seek to `time`.
+    ///
+    /// With `c'` the last message published before `time`, everything up to `c'` is done (the
+    /// cursor moves up to `c'` if it is behind, so that messages not yet looked at but published
+    /// before `time` are acknowledged too). Of the messages in `(c', cursor]`, those with a row
+    /// stay unacknowledged, and done ones come back only while retained.
+    async fn time_state(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        seeker: &Seeker,
+        time: SystemTime,
+        now: SystemTime,
+    ) -> Result<(i64, Vec<(i64, Option<Attributes>)>)> {
+        let before = sqlx::query(concat!(
+            "SELECT id FROM messages WHERE topic_id = $1 AND publish_time < ",
+            ts_param!("$2"),
+            " ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(seeker.topic_id)
+        .bind(to_micros(time))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        let acked_upto = match before {
+            Some(row) => col::<i64>(&row, "id")?,
+            None => 0,
+        };
+        let now_us = to_micros(now);
+        let topic_retention: Option<i64> =
+            sqlx::query_scalar("SELECT retention_ms FROM topics WHERE id = $1")
+                .bind(seeker.topic_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_error)?
+                .flatten();
+        let by_topic = topic_retention.map(|r| retained_after(now_us, r.max(0) as u64));
+        let by_subscription = seeker
+            .record
+            .retain_acked_messages
+            .then(|| retained_after(now_us, seeker.record.retention_ms));
+        let rows = sqlx::query(concat!(
+            "SELECT m.id, m.attributes FROM messages m
+              WHERE m.topic_id = $1 AND m.id > $2 AND m.id <= $3
+                AND (EXISTS (SELECT 1 FROM deliveries d WHERE d.sub_id = $4 AND d.msg_id = m.id)
+                     OR m.publish_time > ",
+            ts_param!("$5"),
+            " OR (m.id > $7 AND m.publish_time > ",
+            ts_param!("$6"),
+            ")) ORDER BY m.id"
+        ))
+        .bind(seeker.topic_id)
+        .bind(acked_upto)
+        .bind(seeker.cursor)
+        .bind(seeker.sub_id)
+        .bind(by_topic)
+        .bind(by_subscription)
+        .bind(seeker.start_after)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        Ok((seeker.cursor.max(acked_upto), candidates(&rows, seeker)?))
+    }
+}
+
+/// Message attributes as stored (`jsonb` object of strings).
+type Attributes = HashMap<String, String>;
+
+/// The ids of `rows` (`id`, `attributes`), with their attributes when the subscription has a
+/// filter to judge them by (otherwise the attributes are not decoded).
+fn candidates(rows: &[PgRow], seeker: &Seeker) -> Result<Vec<(i64, Option<Attributes>)>> {
+    let filtered = !seeker.record.filter.is_empty();
+    rows.iter()
+        .map(|row| {
+            let id: i64 = col(row, "id")?;
+            let attributes = if filtered {
+                let sqlx::types::Json(a) = col::<sqlx::types::Json<Attributes>>(row, "attributes")?;
+                Some(a)
+            } else {
+                None
+            };
+            Ok((id, attributes))
+        })
+        .collect()
+}
+
+/// The ids the filter lets through: a Seek makes messages unacknowledged, and the filter judges
+/// them again, as in the embedded engine (a rejected message is done at once).
+fn passing(filter: &Filter, candidates: Vec<(i64, Option<Attributes>)>) -> Result<Vec<i64>> {
+    candidates
+        .into_iter()
+        .filter_map(|(id, attributes)| match attributes {
+            Some(a) => filter.matches(&a).then_some(Ok(id)),
+            None => Some(Err(Error::Internal(format!(
+                "message {id}: attributes not read for a filtered subscription"
+            )))),
+        })
+        .collect()
+}
