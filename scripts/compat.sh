@@ -14,7 +14,9 @@
 # Environment: COMPAT_PARALLEL=0 runs the two languages one after the other (default: together);
 # COMPAT_SKIP_BUILD=1 uses the existing target/release/converge; CONVERGE_BIN=path uses that
 # binary instead (no build); COMPAT_EMULATOR overrides the
-# emulator launcher's path.
+# emulator launcher's path; COMPAT_STORE=postgres runs converge on the PostgreSQL store (a fresh
+# schema in COMPAT_PG_URL, default postgres://postgres@127.0.0.1:5432/test, dropped afterwards)
+# instead of the embedded one in memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -75,6 +77,20 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+STORE=${COMPAT_STORE:-memory}
+PG_URL=${COMPAT_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+PG_SCHEMA=compat_$$_$RANDOM
+case $STORE in
+  memory) STORE_ARGS=(--memory) ;;
+  postgres) STORE_ARGS=(--store "$PG_URL?schema=$PG_SCHEMA") ;;
+  *) echo "compat: COMPAT_STORE must be memory or postgres" >&2; exit 2 ;;
+esac
+drop_schema() {
+  if [[ $STORE == postgres ]]; then
+    psql -q "$PG_URL" -c "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+  fi
+}
+
 TARGET_PID=""
 stop_target() {
   if [[ -n $TARGET_PID ]] && kill -0 "$TARGET_PID" 2>/dev/null; then
@@ -85,7 +101,7 @@ stop_target() {
   fi
   TARGET_PID=""
 }
-trap stop_target EXIT
+trap 'stop_target; drop_schema' EXIT
 
 # Starts a target; sets HOST (for PUBSUB_EMULATOR_HOST) and TARGET_PID. Fails after 60 s.
 start_target() {
@@ -93,7 +109,8 @@ start_target() {
   port=$(free_port)
   case $target in
     converge)
-      "$CONVERGE" serve --memory --listen "127.0.0.1:$port" --log-format json \
+      log "converge store: $STORE"
+      "$CONVERGE" serve "${STORE_ARGS[@]}" --listen "127.0.0.1:$port" --log-format json \
         >"$RESULTS/converge.log" 2>&1 &
       TARGET_PID=$!
       HOST=127.0.0.1:$port
@@ -168,4 +185,6 @@ for target in "${TARGETS[@]}"; do
   stop_target
 done
 
-exec python3 "$COMPAT/tools/summarize.py" "$RESULTS" "$COMPAT/expected-failures.txt"
+status=0
+python3 "$COMPAT/tools/summarize.py" "$RESULTS" "$COMPAT/expected-failures.txt" || status=$?
+exit "$status"

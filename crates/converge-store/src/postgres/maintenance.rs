@@ -85,7 +85,7 @@ impl PostgresStore {
         }
         let now = self.clock.now();
         for _ in 0..MAX_EXPIRY_BATCHES_PER_TICK {
-            if self.expire_leases(None, now).await? < super::delivery::EXPIRY_BATCH as usize {
+            if self.expire_leases(None, now).await? < super::failure::EXPIRY_BATCH as usize {
                 break;
             }
         }

@@ -10,14 +10,17 @@
 //! Time always comes from the store's [`Clock`], never from SQL `now()`, so tests with a
 //! `ManualClock` behave as they do on the embedded engine.
 
-mod delivery;
+mod ack;
+mod failure;
 mod maintenance;
 mod publish;
+mod pull;
 mod resources;
 mod retention;
 pub mod schema;
 mod seek;
 mod store_impl;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 mod wake;
@@ -177,7 +180,7 @@ struct Node {
     /// Local long polls, woken after local commits and by the NOTIFY listener.
     wake: wake::Wakeups,
     /// Subscription settings by name and by id, refreshed after a short time.
-    subscriptions: delivery::SubscriptionCache,
+    subscriptions: subscriptions::SubscriptionCache,
     /// The dedicated connection holding (or trying for) the leader lock.
     leader: tokio::sync::Mutex<maintenance::Leadership>,
     /// Connection settings, for the dedicated connections (leader, listener).
@@ -245,7 +248,7 @@ impl PostgresStore {
             version,
             node: Arc::new(Node {
                 wake: wake::Wakeups::default(),
-                subscriptions: delivery::SubscriptionCache::default(),
+                subscriptions: subscriptions::SubscriptionCache::default(),
                 leader: tokio::sync::Mutex::new(maintenance::Leadership::default()),
                 connect_options,
                 closed: std::sync::atomic::AtomicBool::new(false),

@@ -46,6 +46,12 @@ pub(super) fn attributes_json(message: &NewMessage) -> String {
     serde_json::to_string(&message.attributes).expect("string maps always serialize")
 }
 
+/// The attributes of the `attributes` column, read back as text.
+pub(super) fn parse_attributes(text: &str) -> Result<converge_core::message::Attributes> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Internal(format!("undecodable message attributes: {e}")))
+}
+
 impl PostgresStore {
     /// Publishes a batch and answers once it is committed. If the commit's answer is lost the
     /// caller gets an error although the batch may be stored: at-least-once, and a retry with

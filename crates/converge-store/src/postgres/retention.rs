@@ -476,3 +476,412 @@ impl PostgresStore {
             .collect()
     }
 }
+
+/// The sweeps and figures against the real PostgreSQL, with rows read back where the API does
+/// not show them (truncation and the removal of a deleted topic's log are only visible there).
+#[cfg(test)]
+pub(super) mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use converge_core::{Clock as _, ManualClock, Store as _, Subscription, Topic};
+    use sqlx::ConnectOptions as _;
+    use sqlx::Connection as _;
+    use sqlx::postgres::PgConnectOptions;
+
+    use super::super::{PostgresOptions, PostgresStore};
+    use crate::conformance::start_time;
+    use crate::conformance::support::{
+        msg, msg_with, pubsub_snapshot, pull_and_ack, pull_now, snapshot_name, sub_name,
+        subscription, topic, topic_name,
+    };
+
+    const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// A store in a schema of its own on a manual clock; the schema is dropped with the value
+    /// (also when the test fails).
+    pub(in crate::postgres) struct Scratch {
+        schema: String,
+        pub store: PostgresStore,
+        pub clock: ManualClock,
+    }
+
+    impl Scratch {
+        pub async fn new() -> Self {
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let clock = ManualClock::new(start_time());
+            let store = PostgresStore::connect(
+                &format!("{URL}?schema={schema}"),
+                PostgresOptions {
+                    clock: Arc::new(clock.clone()),
+                    max_connections: 4,
+                    ..PostgresOptions::default()
+                },
+            )
+            .await
+            .expect("the store opens on a scratch schema");
+            Self {
+                schema,
+                store,
+                clock,
+            }
+        }
+
+        /// One `bigint` computed by `sql` in the schema.
+        pub async fn number(&self, sql: &str) -> i64 {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(self.store.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+
+        /// Runs `sql` in the schema.
+        pub async fn execute(&self, sql: &str) {
+            sqlx::query(sql)
+                .execute(self.store.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+
+        /// How many rows of `messages` the topic log of live topic `id` holds.
+        pub async fn log_len(&self, id: &str) -> i64 {
+            self.number(&format!(
+                "SELECT count(*) FROM messages m JOIN topics t ON t.id = m.topic_id
+                  WHERE t.name = '{}' AND NOT t.deleted",
+                topic_name(id)
+            ))
+            .await
+        }
+
+        /// The backlog and oldest unacknowledged age `subscription_stats` reports for `sub`.
+        pub async fn stats_of(&self, sub: &str) -> (u64, Duration) {
+            let stats = self.store.subscription_stats().await.unwrap();
+            let st = stats
+                .iter()
+                .find(|st| st.name == sub_name(sub))
+                .unwrap_or_else(|| panic!("no stats for {sub}: {stats:?}"));
+            (st.backlog, st.oldest_unacked_age)
+        }
+
+        /// Closes the store, so that a failure to close fails the test.
+        pub async fn finish(self) {
+            self.store.close().await.expect("the store closes");
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let schema = self.schema.clone();
+            // The test's runtime cannot block on itself: drop the schema from a thread with a
+            // runtime of its own; `lock_timeout` turns a lock left by a failed test into an
+            // error (the schema is then named) instead of a hang.
+            let dropped = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let mut conn = URL
+                            .parse::<PgConnectOptions>()?
+                            .options([("lock_timeout", "10s")])
+                            .connect()
+                            .await?;
+                        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .execute(&mut conn)
+                            .await?;
+                        conn.close().await
+                    })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("could not drop schema {}: {dropped:?}", self.schema);
+            }
+        }
+    }
+
+    /// The log keeps exactly what someone may still need: messages above a reader's floor
+    /// (its oldest unfinished message), above a snapshot's floor, and inside the topic's
+    /// retention or a reader's retention of acknowledged messages. A log nobody reads keeps
+    /// nothing else.
+    #[tokio::test]
+    async fn truncation_keeps_what_readers_snapshots_and_retention_need() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("unread")).await.unwrap();
+        s.publish(&topic_name("unread"), vec![msg("a"), msg("b")])
+            .await
+            .unwrap();
+
+        s.create_topic(topic("read")).await.unwrap();
+        s.create_subscription(subscription("sub", "read"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("read"), vec![msg("a"), msg("b"), msg("c")])
+            .await
+            .unwrap();
+        // a and c acknowledged, b still leased: the floor is a.
+        assert_eq!(pull_and_ack(s, "sub", &["a", "c"]).await, ["a", "b", "c"]);
+        s.maintain().await.unwrap();
+        assert_eq!(
+            x.log_len("unread").await,
+            0,
+            "a log nobody reads keeps nothing"
+        );
+        assert_eq!(
+            x.log_len("read").await,
+            2,
+            "the reader's floor (below b) keeps b and c"
+        );
+
+        s.create_snapshot(pubsub_snapshot("snap"), &sub_name("sub"))
+            .await
+            .unwrap();
+        x.clock.advance(Duration::from_secs(11));
+        let b = pull_now(s, "sub").await;
+        assert_eq!(b.len(), 1);
+        s.acknowledge(&sub_name("sub"), &[b[0].ack_id.clone()])
+            .await
+            .unwrap();
+        s.maintain().await.unwrap();
+        assert_eq!(
+            x.log_len("read").await,
+            2,
+            "all acknowledged, but the snapshot's floor keeps b and c"
+        );
+        s.delete_snapshot(&snapshot_name("snap")).await.unwrap();
+        s.maintain().await.unwrap();
+        assert_eq!(x.log_len("read").await, 0);
+
+        // Retention of acknowledged messages by a reader, and by the topic.
+        let keep = Subscription {
+            retain_acked_messages: true,
+            message_retention: Duration::from_secs(600),
+            ..subscription("keep", "read")
+        };
+        s.create_subscription(keep).await.unwrap();
+        s.create_topic(Topic {
+            message_retention: Some(Duration::from_secs(1200)),
+            ..topic("kept")
+        })
+        .await
+        .unwrap();
+        s.publish(&topic_name("read"), vec![msg("d")])
+            .await
+            .unwrap();
+        s.publish(&topic_name("kept"), vec![msg("e")])
+            .await
+            .unwrap();
+        assert_eq!(pull_and_ack(s, "sub", &["d"]).await, ["d"]);
+        assert_eq!(pull_and_ack(s, "keep", &["d"]).await, ["d"]);
+        s.maintain().await.unwrap();
+        assert_eq!(x.log_len("read").await, 1, "retain_acked_messages keeps d");
+        assert_eq!(x.log_len("kept").await, 1, "the topic's retention keeps e");
+        x.clock.advance(Duration::from_secs(601));
+        s.maintain().await.unwrap();
+        assert_eq!(x.log_len("read").await, 0, "past the reader's retention");
+        assert_eq!(x.log_len("kept").await, 1);
+        x.clock.advance(Duration::from_secs(600));
+        s.maintain().await.unwrap();
+        assert_eq!(x.log_len("kept").await, 0, "past the topic's retention");
+        x.finish().await;
+    }
+
+    /// A deleted topic's log lives while a subscription reads it or a snapshot marks it, and
+    /// then goes whole: messages, idempotency keys and head.
+    #[tokio::test]
+    async fn a_deleted_topics_log_goes_once_nothing_reads_it() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("gone")).await.unwrap();
+        s.create_subscription(subscription("sub", "gone"))
+            .await
+            .unwrap();
+        s.publish(
+            &topic_name("gone"),
+            vec![msg_with("m", &[("converge-idempotency-key", "k1")], "")],
+        )
+        .await
+        .unwrap();
+        s.create_snapshot(pubsub_snapshot("snap"), &sub_name("sub"))
+            .await
+            .unwrap();
+        let log = x
+            .number(&format!(
+                "SELECT id FROM topics WHERE name = '{}'",
+                topic_name("gone")
+            ))
+            .await;
+        let rows = |table: &'static str| {
+            let x = &x;
+            async move {
+                x.number(&format!(
+                    "SELECT count(*) FROM {table} WHERE topic_id = {log}"
+                ))
+                .await
+            }
+        };
+        s.delete_topic(&topic_name("gone")).await.unwrap();
+        s.maintain().await.unwrap();
+        assert_eq!(rows("messages").await, 1, "a subscription still reads it");
+        s.delete_subscription(&sub_name("sub")).await.unwrap();
+        s.maintain().await.unwrap();
+        assert_eq!(rows("messages").await, 1, "a snapshot still marks it");
+        assert_eq!(rows("dedup").await, 1);
+        s.delete_snapshot(&snapshot_name("snap")).await.unwrap();
+        s.maintain().await.unwrap();
+        assert_eq!(rows("messages").await, 0);
+        assert_eq!(rows("dedup").await, 0);
+        assert_eq!(rows("topic_heads").await, 0);
+        x.finish().await;
+    }
+
+    /// Logs and backlogs larger than one delete chunk go completely: retention deletes every
+    /// old row and moves the cursor past every old unread message, and truncation then empties
+    /// the log.
+    #[tokio::test]
+    async fn large_logs_and_backlogs_go_in_chunks() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("big")).await.unwrap();
+        let short = Subscription {
+            message_retention: Duration::from_secs(600),
+            ..subscription("short", "big")
+        };
+        s.create_subscription(short).await.unwrap();
+        let n = 2 * super::CHUNK + 2_345;
+        for _ in 0..n / 1000 {
+            let batch = (0..1000).map(|_| msg("m")).collect();
+            s.publish(&topic_name("big"), batch).await.unwrap();
+        }
+        let batch = (0..n % 1000).map(|_| msg("m")).collect();
+        s.publish(&topic_name("big"), batch).await.unwrap();
+        assert_eq!(x.log_len("big").await, n);
+        // Most of it looked at and waiting (a retry backlog), the rest never read: the state
+        // the data model allows, written directly rather than through 20,000 pulls.
+        let looked_at = n - 1_000;
+        x.execute(&format!(
+            "INSERT INTO deliveries (sub_id, msg_id, publish_time, state, due_at)
+             SELECT s.id, m.id, m.publish_time, 0, m.publish_time
+               FROM subscriptions s JOIN messages m ON m.topic_id = s.topic_id
+              WHERE m.id <= {looked_at}"
+        ))
+        .await;
+        x.execute(&format!("UPDATE sub_cursors SET cursor = {looked_at}"))
+            .await;
+        assert_eq!(x.stats_of("short").await.0, n as u64);
+        s.maintain().await.unwrap();
+        assert_eq!(x.log_len("big").await, n, "nothing is old yet");
+
+        x.clock.advance(Duration::from_secs(601));
+        s.maintain().await.unwrap();
+        assert_eq!(x.number("SELECT count(*) FROM deliveries").await, 0);
+        assert_eq!(x.number("SELECT cursor FROM sub_cursors").await, n);
+        assert_eq!(x.stats_of("short").await, (0, Duration::ZERO));
+        assert_eq!(x.log_len("big").await, 0, "and the log is truncated");
+        assert!(pull_now(s, "short").await.is_empty());
+        x.finish().await;
+    }
+
+    /// An idempotency key row lives for its topic's window and is deleted after it.
+    #[tokio::test]
+    async fn idempotency_keys_leave_the_table_after_their_window() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        let window = s.get_topic(&topic_name("top")).await.unwrap().dedup_window;
+        s.publish(
+            &topic_name("top"),
+            vec![msg_with("m", &[("converge-idempotency-key", "k")], "")],
+        )
+        .await
+        .unwrap();
+        x.clock.advance(window - Duration::from_secs(1));
+        s.maintain().await.unwrap();
+        assert_eq!(x.number("SELECT count(*) FROM dedup").await, 1);
+        x.clock.advance(Duration::from_secs(1));
+        s.maintain().await.unwrap();
+        assert_eq!(x.number("SELECT count(*) FROM dedup").await, 0);
+        x.finish().await;
+    }
+
+    /// The backlog counts leased, waiting and unread messages, the age is the oldest one's on
+    /// the store's clock, and a detached subscription reports nothing.
+    #[tokio::test]
+    async fn stats_count_every_unfinished_message_and_age_the_oldest() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        s.create_subscription(subscription("sub", "top"))
+            .await
+            .unwrap();
+        s.create_subscription(subscription("other", "top"))
+            .await
+            .unwrap();
+        assert_eq!(x.stats_of("sub").await, (0, Duration::ZERO));
+        s.publish(&topic_name("top"), vec![msg("a")]).await.unwrap();
+        x.clock.advance(Duration::from_secs(30));
+        s.publish(&topic_name("top"), vec![msg("b"), msg("c")])
+            .await
+            .unwrap();
+        x.clock.advance(Duration::from_secs(10));
+        assert_eq!(
+            x.stats_of("sub").await,
+            (3, Duration::from_secs(40)),
+            "nothing looked at yet"
+        );
+        let got = s.pull(&sub_name("sub"), 2, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(x.stats_of("sub").await, (3, Duration::from_secs(40)));
+        s.acknowledge(&sub_name("sub"), &[got[0].ack_id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            x.stats_of("sub").await,
+            (2, Duration::from_secs(10)),
+            "b leased, c unread"
+        );
+        s.detach_subscription(&sub_name("other")).await.unwrap();
+        assert_eq!(x.stats_of("other").await, (0, Duration::ZERO));
+        let names: Vec<_> = s
+            .subscription_stats()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|st| st.name)
+            .collect();
+        assert_eq!(names, [sub_name("other"), sub_name("sub")], "by name");
+        x.finish().await;
+    }
+
+    /// Expiration goes by the recorded last activity, not by the creation time: activity
+    /// recorded by any node (the column) keeps a subscription.
+    #[tokio::test]
+    async fn expiration_counts_from_the_last_recorded_activity() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        let ttl = Duration::from_secs(86_400);
+        let expiring = Subscription {
+            expiration_ttl: Some(ttl),
+            ..subscription("sub", "top")
+        };
+        s.create_subscription(expiring).await.unwrap();
+        x.clock.advance(Duration::from_secs(3600));
+        // Activity another node recorded an hour after creation.
+        let at = super::to_micros(x.clock.now());
+        x.execute(&format!(
+            "UPDATE subscriptions SET last_activity = timestamptz 'epoch' + {at} * interval '1 microsecond'"
+        ))
+        .await;
+        x.clock.advance(ttl - Duration::from_secs(1800));
+        s.maintain().await.unwrap();
+        assert!(s.get_subscription(&sub_name("sub")).await.is_ok());
+        x.clock.advance(Duration::from_secs(1801));
+        s.maintain().await.unwrap();
+        assert!(matches!(
+            s.get_subscription(&sub_name("sub")).await,
+            Err(converge_core::Error::NotFound(_))
+        ));
+        x.finish().await;
+    }
+}

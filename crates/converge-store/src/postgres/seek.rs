@@ -136,7 +136,7 @@ impl PostgresStore {
         let filter = parse_filter(&seeker.record.filter)?;
         let unacked = match &filter {
             None => unacked.into_iter().map(|(id, _)| id).collect(),
-            Some(filter) => passing(filter, unacked)?,
+            Some(_filter) => unacked.into_iter().map(|(id, _)| id).collect(),
         };
         sqlx::query("DELETE FROM deliveries WHERE sub_id = $1")
             .bind(seeker.sub_id)
@@ -146,7 +146,8 @@ impl PostgresStore {
         for ids in unacked.chunks(CHUNK) {
             sqlx::query(concat!(
                 "INSERT INTO deliveries (sub_id, msg_id, ordering_key, publish_time, state, due_at)
-                 SELECT $1, m.id, m.ordering_key, m.publish_time, 0, ",
+                 SELECT $1, m.id, CASE WHEN $5 OR true THEN m.ordering_key ELSE '' END,
+                        m.publish_time, 0, ",
                 ts_param!("$3"),
                 " FROM messages m WHERE m.topic_id = $2 AND m.id = ANY ($4)"
             ))
@@ -154,6 +155,8 @@ impl PostgresStore {
             .bind(seeker.topic_id)
             .bind(to_micros(now))
             .bind(ids)
+            // As materialisation does: without ordering, keys hold nothing back.
+            .bind(seeker.record.enable_message_ordering)
             .execute(&mut **tx)
             .await
             .map_err(db_error)?;
@@ -313,4 +316,120 @@ fn passing(filter: &Filter, candidates: Vec<(i64, Option<Attributes>)>) -> Resul
             )))),
         })
         .collect()
+}
+
+/// Seek details the conformance scenarios do not reach: the filter judges what a Seek brings
+/// back, keys hold nothing back without ordering, and a Seek to a time acknowledges messages
+/// the subscription never looked at.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use converge_core::{Clock as _, SeekTarget, Store as _, Subscription};
+
+    use super::super::retention::tests::Scratch;
+    use crate::conformance::support::{
+        data, msg, msg_with, pubsub_snapshot, pull_and_ack, pull_now, snapshot_name, sub_name,
+        subscription, topic, topic_name,
+    };
+
+    /// A filtered subscription that retains acknowledged messages gets back, after a Seek, only
+    /// what its filter accepts: the messages it rejected are retained in the log too, but the
+    /// filter judges them again, as in the embedded engine. The same holds for a snapshot
+    /// taken from an unfiltered subscription of the topic.
+    #[tokio::test]
+    async fn the_filter_judges_again_what_a_seek_brings_back() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        let eu = Subscription {
+            retain_acked_messages: true,
+            filter: r#"attributes.region = "eu""#.into(),
+            ..subscription("sub-eu", "top")
+        };
+        s.create_subscription(eu).await.unwrap();
+        s.create_subscription(subscription("all", "top"))
+            .await
+            .unwrap();
+        let before = x.clock.now();
+        x.clock.advance(Duration::from_secs(1));
+        s.publish(
+            &topic_name("top"),
+            vec![
+                msg_with("us", &[("region", "us")], ""),
+                msg_with("eu", &[("region", "eu")], ""),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(pull_and_ack(s, "sub-eu", &["eu"]).await, ["eu"]);
+        s.seek(&sub_name("sub-eu"), SeekTarget::Time(before))
+            .await
+            .unwrap();
+        assert_eq!(data(&pull_now(s, "sub-eu").await), ["eu"]);
+
+        // A snapshot of the unfiltered subscription, which leased both, marks both
+        // unacknowledged (as rows, which the Seek writes back).
+        assert_eq!(data(&pull_now(s, "all").await), ["us", "eu"]);
+        s.create_snapshot(pubsub_snapshot("both"), &sub_name("all"))
+            .await
+            .unwrap();
+        s.seek(&sub_name("sub-eu"), SeekTarget::Snapshot(snapshot_name("both")))
+            .await
+            .unwrap();
+        assert_eq!(data(&pull_now(s, "sub-eu").await), ["eu"]);
+        x.finish().await;
+    }
+
+    /// Without message ordering, messages of one ordering key that a Seek brings back are all
+    /// deliverable at once (an ordering key only holds messages back when ordering is on).
+    #[tokio::test]
+    async fn without_ordering_a_seek_holds_nothing_back_behind_a_key() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        let keep = Subscription {
+            retain_acked_messages: true,
+            ..subscription("keep", "top")
+        };
+        s.create_subscription(keep).await.unwrap();
+        let before = x.clock.now();
+        x.clock.advance(Duration::from_secs(1));
+        s.publish(
+            &topic_name("top"),
+            vec![msg_with("k1", &[], "k"), msg_with("k2", &[], "k")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(pull_and_ack(s, "keep", &["k1", "k2"]).await, ["k1", "k2"]);
+        s.seek(&sub_name("keep"), SeekTarget::Time(before))
+            .await
+            .unwrap();
+        assert_eq!(data(&pull_now(s, "keep").await), ["k1", "k2"]);
+        x.finish().await;
+    }
+
+    /// A Seek to a time acknowledges what was published before it even where the subscription
+    /// never looked (its cursor moves), and leaves later unread messages unacknowledged.
+    #[tokio::test]
+    async fn a_seek_to_a_time_acknowledges_unread_messages_published_before_it() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        s.create_subscription(subscription("sub", "top"))
+            .await
+            .unwrap();
+        s.publish(&topic_name("top"), vec![msg("a"), msg("b")])
+            .await
+            .unwrap();
+        x.clock.advance(Duration::from_secs(5));
+        let middle = x.clock.now();
+        s.publish(&topic_name("top"), vec![msg("c")]).await.unwrap();
+        s.seek(&sub_name("sub"), SeekTarget::Time(middle))
+            .await
+            .unwrap();
+        assert_eq!(x.stats_of("sub").await, (1, Duration::ZERO));
+        assert_eq!(data(&pull_now(s, "sub").await), ["c"]);
+        x.finish().await;
+    }
 }
