@@ -21,6 +21,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci "$@"
 
+step "the API suites again, every broker on the PostgreSQL store (CONVERGE_TEST_STORE=postgres)"
+# The same tests, the same assertions: tests/common starts `converge serve --store postgres://...`
+# (a fresh schema per broker) wherever it would have started `--memory`.
+CONVERGE_TEST_STORE=postgres cargo nextest run -p converge-cli --locked --profile ci \
+  -E 'binary(grpc_semantics) | binary(push) | binary(push_auth) | binary(rest_api) | binary(schemas_iam) | binary(snapshots_seek) | binary(streaming_pull) | binary(cli)'
+
 step "doc tests"
 cargo test --workspace --doc --locked
 
@@ -32,3 +38,7 @@ step "compatibility suite: the official Python and Node.js clients against conve
 # The debug binary the tests just built; `scripts/compat.sh both` also runs the official emulator.
 CONVERGE_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/converge" \
   scripts/compat.sh converge
+
+step "compatibility suite again, converge on the PostgreSQL store"
+CONVERGE_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/converge" \
+  COMPAT_STORE=postgres scripts/compat.sh converge

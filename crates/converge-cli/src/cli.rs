@@ -39,6 +39,7 @@ const GLOBAL: &str = "Global options";
 const EXAMPLES: &str = "\
 Examples:
   converge serve --memory
+  converge serve --store postgres://converge@db/converge
   converge topics create orders
   converge subscriptions create work --topic orders --ack-deadline 30s
   converge publish orders 'hello' --attribute kind=greeting
@@ -127,9 +128,29 @@ pub struct ServeArgs {
     /// Keep everything in memory; nothing survives a restart
     #[arg(long, conflicts_with = "data_dir")]
     pub memory: bool,
-    /// When a publish counts as durable
+    /// When a publish counts as durable (embedded store)
     #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
     pub durability: DurabilityArg,
+    /// Keep everything in PostgreSQL instead of the embedded store, so that several brokers can
+    /// share it: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?schema=NAME] (schema
+    /// `converge` by default)
+    #[arg(
+        long,
+        env = "CONVERGE_STORE_URL",
+        value_parser = store_url,
+        value_name = "URL",
+        hide_env_values = true,
+        conflicts_with_all = ["data_dir", "memory", "durability"]
+    )]
+    pub store: Option<String>,
+    /// Connections to PostgreSQL [default: max(4, 2 × cores)]
+    #[arg(
+        long,
+        requires = "store",
+        value_parser = clap::value_parser!(u32).range(1..=1000),
+        value_name = "N"
+    )]
+    pub store_pool: Option<u32>,
     /// How long in-flight requests may finish after SIGTERM or SIGINT
     #[arg(long, default_value = "10s", value_parser = parse::duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
@@ -142,6 +163,18 @@ pub struct ServeArgs {
     /// Let tests move the broker's clock (never in production)
     #[arg(long, hide = true)]
     pub test_clock: bool,
+}
+
+/// A `--store` URL: PostgreSQL is the only engine reached by URL, so anything but
+/// `postgres://` or `postgresql://` is a usage error (rather than a connection error later).
+fn store_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_owned())
+    } else {
+        Err("the store must be a PostgreSQL URL, \
+             postgres://USER@HOST[:PORT]/DATABASE[?schema=NAME] (or postgresql://...)"
+            .to_owned())
+    }
 }
 
 /// `converge topics ...`.

@@ -4,6 +4,7 @@ use std::future::Future;
 
 use anyhow::Context as _;
 use converge_server::ServerConfig;
+use converge_server::config::StoreChoice;
 use converge_store::embedded::Durability;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -14,7 +15,13 @@ use crate::logging;
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     logging::init_server(args.log_format, &args.log_level)?;
     let config = config(args);
-    tracing::debug!(listen = %config.listen, data_dir = ?config.data_dir, durability = ?config.durability, "starting");
+    tracing::debug!(
+        listen = %config.listen,
+        store = ?config.store,
+        data_dir = ?config.data_dir,
+        durability = ?config.durability,
+        "starting"
+    );
     let shutdown = shutdown_signal().context("cannot listen for SIGTERM and SIGINT")?;
     converge_server::run(config, shutdown)
         .await
@@ -23,9 +30,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The server's configuration from the flags.
 fn config(args: ServeArgs) -> ServerConfig {
+    let store = match args.store {
+        Some(url) => StoreChoice::Postgres {
+            url,
+            pool_size: args.store_pool,
+        },
+        None => StoreChoice::Embedded,
+    };
     ServerConfig {
         listen: args.listen,
-        data_dir: (!args.memory).then_some(args.data_dir),
+        data_dir: (!args.memory && store == StoreChoice::Embedded).then_some(args.data_dir),
+        store,
         durability: match args.durability {
             DurabilityArg::Fsync => Durability::Fsync,
             DurabilityArg::OsBuffer => Durability::OsBuffer,
@@ -95,5 +110,65 @@ mod tests {
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.shutdown_grace, std::time::Duration::from_secs(2));
         assert!(config.test_clock);
+    }
+
+    #[test]
+    fn store_url_selects_postgres() {
+        let config = serve_config(&[
+            "--store",
+            "postgresql://app@db/app?schema=orders",
+            "--store-pool",
+            "7",
+        ]);
+        assert_eq!(
+            config.store,
+            StoreChoice::Postgres {
+                url: "postgresql://app@db/app?schema=orders".to_owned(),
+                pool_size: Some(7),
+            }
+        );
+        // No data directory is created or locked for a PostgreSQL store.
+        assert_eq!(config.data_dir, None);
+        assert_eq!(serve_config(&[]).store, StoreChoice::Embedded);
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let argv = ["converge", "serve"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => panic!("{args:?} parsed: {:?}", cli.command),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_store_url_must_be_postgresql() {
+        let message = usage_error(&["--store", "mysql://x"]);
+        assert!(message.contains("PostgreSQL URL"), "{message}");
+        let message = usage_error(&["--store", "/var/lib/converge"]);
+        assert!(message.contains("PostgreSQL URL"), "{message}");
+    }
+
+    #[test]
+    fn a_store_url_conflicts_with_the_embedded_flags() {
+        for other in [
+            &["--memory"][..],
+            &["--data-dir", "/tmp/x"],
+            &["--durability", "os-buffer"],
+        ] {
+            let mut args = vec!["--store", "postgres://db/app"];
+            args.extend_from_slice(other);
+            let message = usage_error(&args);
+            assert!(
+                message.contains("cannot be used with"),
+                "{other:?}: {message}"
+            );
+        }
+        // The pool size means nothing without a store URL.
+        let message = usage_error(&["--store-pool", "4"]);
+        assert!(message.contains("--store"), "{message}");
+        let message = usage_error(&["--store", "postgres://db/app", "--store-pool", "0"]);
+        assert!(message.contains("--store-pool"), "{message}");
     }
 }

@@ -81,15 +81,26 @@ pub struct BrokerConfig {
     pub test_clock: bool,
     /// Flags appended after the harness's own, e.g. `--durability os-buffer`.
     pub extra_args: Vec<String>,
+    /// With `CONVERGE_TEST_STORE=postgres`, a broker that would run in memory runs on the
+    /// PostgreSQL store instead, in this schema of the test database (created by the broker,
+    /// dropped when the [`Broker`] is dropped). That is how the API suites run on both stores:
+    /// `scripts/test.sh` runs them a second time with the variable set.
+    pub postgres_schema: Option<String>,
 }
 
+/// The test database of `CONVERGE_TEST_STORE=postgres`.
+pub const TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 impl BrokerConfig {
-    /// In memory, with the test clock: what most tests need.
+    /// In memory, with the test clock: what most tests need. On the PostgreSQL store instead
+    /// when `CONVERGE_TEST_STORE=postgres` (a fresh schema).
     pub fn memory() -> Self {
+        let on_postgres = std::env::var("CONVERGE_TEST_STORE").is_ok_and(|v| v == "postgres");
         Self {
             data_dir: None,
             test_clock: true,
             extra_args: Vec::new(),
+            postgres_schema: on_postgres.then(|| format!("t_{:016x}", rand::random::<u64>())),
         }
     }
 
@@ -97,6 +108,7 @@ impl BrokerConfig {
     pub fn data_dir(dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: Some(dir.into()),
+            postgres_schema: None,
             ..Self::memory()
         }
     }
@@ -411,9 +423,13 @@ impl Broker {
     fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_converge"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]);
-        match &self.config.data_dir {
-            Some(dir) => command.arg("--data-dir").arg(dir),
-            None => command.arg("--memory"),
+        match (&self.config.data_dir, &self.config.postgres_schema) {
+            (Some(dir), _) => command.arg("--data-dir").arg(dir),
+            // Connections named after the schema, so that dropping it can end them.
+            (None, Some(schema)) => command.arg("--store").arg(format!(
+                "{TEST_DATABASE_URL}?schema={schema}&application_name={schema}"
+            )),
+            (None, None) => command.arg("--memory"),
         };
         if self.config.test_clock {
             command.arg("--test-clock");
@@ -425,6 +441,7 @@ impl Broker {
             "CONVERGE_LISTEN",
             "CONVERGE_DATA_DIR",
             "CONVERGE_ENDPOINT",
+            "CONVERGE_STORE_URL",
         ] {
             command.env_remove(var);
         }
@@ -466,6 +483,32 @@ impl Drop for Broker {
         if std::thread::panicking() {
             eprintln!("{}", self.output_tail());
         }
+        if let Some(schema) = &self.config.postgres_schema {
+            drop_schema(schema);
+        }
+    }
+}
+
+/// Drops a test schema with psql (a plain process: this runs in `Drop`, inside the test's
+/// runtime, where blocking on async work is not allowed). Best effort: a leftover schema costs
+/// disk, not correctness, so a failure is printed, not raised.
+fn drop_schema(schema: &str) {
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{schema}'; \
+         DROP SCHEMA IF EXISTS {schema} CASCADE"
+    );
+    let dropped = Command::new("psql")
+        .args(["-q", "-X", TEST_DATABASE_URL, "-c", &sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match dropped {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "could not drop schema {schema}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("could not run psql to drop schema {schema}: {e}"),
     }
 }
 

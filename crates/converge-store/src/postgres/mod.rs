@@ -81,8 +81,8 @@ pub enum PostgresError {
         #[source]
         source: sqlx::Error,
     },
-    /// Connecting or talking to PostgreSQL failed.
-    #[error("postgresql: {0}")]
+    /// Connecting or talking to PostgreSQL failed (sqlx's error says how).
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
@@ -231,6 +231,8 @@ impl PostgresStore {
             ("search_path", schema.as_str()),
             ("statement_timeout", "30s"),
             ("idle_in_transaction_session_timeout", "60s"),
+            // "already exists, skipping" notices of the idempotent migration are noise.
+            ("client_min_messages", "warning"),
         ]);
         let mut conn = connect_options.connect().await?;
         let version = schema::migrate(&mut conn, &schema).await?;

@@ -3,16 +3,19 @@
 //!
 //! Each sweep follows the embedded engine's `maintain_state` and `truncate_logs`, and re-checks
 //! its condition in the statement that acts (under the row lock it takes), so a second leader
-//! that has not yet noticed it lost the lock wastes work but breaks nothing. Large deletes go in
-//! chunks of [`CHUNK`] rows, each its own statement, so no sweep holds many locks or one long
-//! transaction.
+//! that has not yet noticed it lost the lock wastes work but breaks nothing. A tick costs a few
+//! statements whatever the number of subscriptions and topics: per-subscription parameters go
+//! in arrays (`unnest`), and only what has work to do gets statements of its own. Large deletes
+//! go in chunks of [`CHUNK`] rows, each its own statement, so no sweep holds many locks or one
+//! long transaction.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use converge_core::store::SubscriptionStats;
 use converge_core::{Result, SubscriptionName};
 
-use super::seek::{col, decode, finish_tx};
+use super::resources::{col, decode, finish_tx};
 use super::{PostgresStore, db_error, from_micros, to_micros, ts_column, ts_param};
 use crate::embedded::record::SubscriptionRecord;
 
@@ -24,21 +27,47 @@ fn minus_ms(now_us: i64, ms: u64) -> i64 {
     now_us.saturating_sub((ms.min(i64::MAX as u64 / 1000) as i64).saturating_mul(1000))
 }
 
+/// SQL turning an `int8` expression of microseconds into a `timestamptz` (for array columns,
+/// where `ts_param!` does not apply).
+macro_rules! ts_expr {
+    ($e:literal) => {
+        concat!(
+            "(timestamptz 'epoch' + ",
+            $e,
+            " * interval '1 microsecond')"
+        )
+    };
+}
+
+/// The retention cut-offs of the attached subscriptions, as parallel arrays for `unnest`.
+#[derive(Default)]
+struct Cutoffs {
+    sub_ids: Vec<i64>,
+    topic_ids: Vec<i64>,
+    /// Messages published before this (microseconds) are dropped.
+    cutoffs: Vec<i64>,
+}
+
+/// Per topic log, the longest retention of acknowledged messages among its readers
+/// (`retain_acked_messages`), in milliseconds.
+type AckedRetention = HashMap<i64, u64>;
+
 impl PostgresStore {
     /// One pass of the leader's sweeps other than lease expiry: expiration of idle
     /// subscriptions, retention of unacknowledged messages, expired snapshots, idempotency keys
     /// past their window, and log truncation (in that order, as in the embedded engine, so that
     /// what expires first no longer holds the log back).
     pub(super) async fn sweep_retention(&self, now: SystemTime) -> Result<()> {
-        self.sweep_subscriptions(now).await?;
+        let acked_retention = self.sweep_subscriptions(now).await?;
         self.expire_snapshots(now).await?;
         self.expire_dedup_keys(now).await?;
-        self.truncate_logs(now).await
+        self.truncate_logs(now, &acked_retention).await
     }
 
     /// Deletes subscriptions idle for longer than their `expiration_ttl`, and applies every
-    /// other subscription's retention (the longer of its own and its topic's).
-    async fn sweep_subscriptions(&self, now: SystemTime) -> Result<()> {
+    /// other attached subscription's retention (the longer of its own and its topic's).
+    /// Returns the retention of acknowledged messages per topic log, for truncation.
+    async fn sweep_subscriptions(&self, now: SystemTime) -> Result<AckedRetention> {
         let rows = sqlx::query(concat!(
             "SELECT s.id, s.name, s.topic_id, s.detached, s.settings, t.retention_ms, ",
             ts_column!("s.last_activity"),
@@ -48,6 +77,8 @@ impl PostgresStore {
         .await
         .map_err(db_error)?;
         let now_us = to_micros(now);
+        let mut attached = Cutoffs::default();
+        let mut acked_retention = AckedRetention::new();
         for row in &rows {
             let sub_id: i64 = col(row, "id")?;
             let name: String = col(row, "name")?;
@@ -66,18 +97,25 @@ impl PostgresStore {
                 (Some(topic_id), false) => topic_id,
                 _ => continue,
             };
+            if record.retain_acked_messages {
+                let longest = acked_retention.entry(topic_id).or_default();
+                *longest = (*longest).max(record.retention_ms);
+            }
             let topic_retention =
                 col::<Option<i64>>(row, "retention_ms")?.unwrap_or(0).max(0) as u64;
-            let retention = record.retention_ms.max(topic_retention);
-            let cutoff = minus_ms(now_us, retention);
-            let dropped = self.expire_before(sub_id, topic_id, cutoff).await?;
-            if dropped > 0 {
-                tracing::debug!(subscription = %name, dropped, "retention dropped messages");
-                metrics::counter!("converge_messages_dropped_total", "reason" => "retention")
-                    .increment(dropped);
-            }
+            attached.sub_ids.push(sub_id);
+            attached.topic_ids.push(topic_id);
+            attached
+                .cutoffs
+                .push(minus_ms(now_us, record.retention_ms.max(topic_retention)));
         }
-        Ok(())
+        let dropped = self.expire_old(&attached).await?;
+        if dropped > 0 {
+            tracing::debug!(dropped, "retention dropped messages");
+            metrics::counter!("converge_messages_dropped_total", "reason" => "retention")
+                .increment(dropped);
+        }
+        Ok(acked_retention)
     }
 
     /// Deletes a subscription if it is still idle since before `idle_since` (another node may
@@ -104,22 +142,27 @@ impl PostgresStore {
         Ok(true)
     }
 
-    /// Completes every message of the subscription published before `cutoff` (microseconds),
-    /// as the embedded `expire_before`: its rows are deleted, and the cursor passes the
-    /// messages not yet looked at that were published before the cutoff. Returns how many
-    /// messages were dropped.
-    async fn expire_before(&self, sub_id: i64, topic_id: i64, cutoff: i64) -> Result<u64> {
+    /// Completes every message published before its subscription's cut-off, as the embedded
+    /// `expire_before`: old rows are deleted, and cursors pass the old messages not yet looked
+    /// at. Returns how many messages were dropped.
+    async fn expire_old(&self, subs: &Cutoffs) -> Result<u64> {
+        if subs.sub_ids.is_empty() {
+            return Ok(0);
+        }
         let mut dropped = 0u64;
-        // Old rows first, in chunks and without the cursor lock: pulls go on meanwhile.
+        // Old rows of every subscription, in chunks, without cursor locks: pulls go on.
         loop {
             let deleted = sqlx::query(concat!(
-                "DELETE FROM deliveries WHERE sub_id = $1 AND msg_id IN (
-                   SELECT msg_id FROM deliveries WHERE sub_id = $1 AND publish_time < ",
-                ts_param!("$2"),
+                "DELETE FROM deliveries WHERE (sub_id, msg_id) IN (
+                   SELECT d.sub_id, d.msg_id
+                     FROM unnest($1::int8[], $2::int8[]) AS r(sub_id, cutoff)
+                     JOIN deliveries d ON d.sub_id = r.sub_id
+                                      AND d.publish_time < ",
+                ts_expr!("r.cutoff"),
                 " LIMIT $3)"
             ))
-            .bind(sub_id)
-            .bind(cutoff)
+            .bind(&subs.sub_ids)
+            .bind(&subs.cutoffs)
             .bind(CHUNK)
             .execute(&self.pool)
             .await
@@ -130,22 +173,38 @@ impl PostgresStore {
                 break;
             }
         }
-        // The cursor moves only if the next message it would look at is old: checked without
-        // a lock first, since this runs for every subscription on every tick.
+        // The cursors to move: those whose next message is old (one statement for all).
         let stale = sqlx::query(concat!(
-            "SELECT 1 FROM sub_cursors c JOIN messages m ON m.topic_id = $2 AND m.id = c.cursor + 1
-              WHERE c.sub_id = $1 AND m.publish_time < ",
-            ts_param!("$3")
+            "SELECT r.sub_id, r.topic_id, r.cutoff
+               FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS r(sub_id, topic_id, cutoff)
+               JOIN sub_cursors c ON c.sub_id = r.sub_id
+               JOIN messages m ON m.topic_id = r.topic_id AND m.id = c.cursor + 1
+              WHERE m.publish_time < ",
+            ts_expr!("r.cutoff")
         ))
-        .bind(sub_id)
-        .bind(topic_id)
-        .bind(cutoff)
-        .fetch_optional(&self.pool)
+        .bind(&subs.sub_ids)
+        .bind(&subs.topic_ids)
+        .bind(&subs.cutoffs)
+        .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        if stale.is_none() {
-            return Ok(dropped);
+        for row in &stale {
+            dropped += self
+                .advance_cursor(
+                    col(row, "sub_id")?,
+                    col(row, "topic_id")?,
+                    col(row, "cutoff")?,
+                )
+                .await?;
         }
+        Ok(dropped)
+    }
+
+    /// Moves a subscription's cursor past the messages published before `cutoff`
+    /// (microseconds) that it has not looked at, under its cursor lock (so no materialisation
+    /// interleaves), and deletes the old rows materialised since the chunked delete. Returns
+    /// how many messages that dropped.
+    async fn advance_cursor(&self, sub_id: i64, topic_id: i64, cutoff: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let result: Result<u64> = async {
             let Some(cursor) = sqlx::query_scalar::<_, i64>(
@@ -178,7 +237,6 @@ impl PostgresStore {
             if advanced <= cursor {
                 return Ok(0);
             }
-            // Rows a pull materialised between the chunks above and this lock.
             let late = sqlx::query(concat!(
                 "DELETE FROM deliveries WHERE sub_id = $1 AND publish_time < ",
                 ts_param!("$2")
@@ -198,7 +256,7 @@ impl PostgresStore {
             Ok(late + (advanced - cursor) as u64)
         }
         .await;
-        Ok(dropped + finish_tx(tx, result).await?)
+        finish_tx(tx, result).await
     }
 
     /// Deletes the Pub/Sub snapshots whose expire time has come.
@@ -260,11 +318,21 @@ impl PostgresStore {
     /// snapshot's floor is below them, and neither the topic's retention nor a reader's
     /// retention of acknowledged messages keeps them (the embedded `truncate_logs`). The log of
     /// a deleted topic with no reader and no snapshot goes whole.
-    async fn truncate_logs(&self, now: SystemTime) -> Result<()> {
+    ///
+    /// A reader's floor is `min(its rows) - 1`, or its cursor: everything up to it is done.
+    /// One statement reads every log's bounds and floors, in one consistent view.
+    async fn truncate_logs(&self, now: SystemTime, acked_retention: &AckedRetention) -> Result<()> {
         let logs = sqlx::query(
             "SELECT t.id, t.deleted, t.retention_ms,
                     (SELECT min(m.id) FROM messages m WHERE m.topic_id = t.id) AS first_id,
-                    (SELECT max(m.id) FROM messages m WHERE m.topic_id = t.id) AS last_id
+                    (SELECT max(m.id) FROM messages m WHERE m.topic_id = t.id) AS last_id,
+                    EXISTS (SELECT 1 FROM subscriptions s
+                             WHERE s.topic_id = t.id AND NOT s.detached) AS read,
+                    (SELECT min(coalesce((SELECT min(d.msg_id) - 1 FROM deliveries d
+                                           WHERE d.sub_id = s.id), c.cursor))
+                       FROM subscriptions s JOIN sub_cursors c ON c.sub_id = s.id
+                      WHERE s.topic_id = t.id AND NOT s.detached) AS readers_floor,
+                    (SELECT min(n.floor) FROM snapshots n WHERE n.topic_id = t.id) AS snapshots_floor
                FROM topics t JOIN topic_heads h ON h.topic_id = t.id",
         )
         .fetch_all(&self.pool)
@@ -273,69 +341,47 @@ impl PostgresStore {
         let now_us = to_micros(now);
         for log in &logs {
             let topic_id: i64 = col(log, "id")?;
-            let deleted: bool = col(log, "deleted")?;
             let bounds = (
                 col::<Option<i64>>(log, "first_id")?,
                 col::<Option<i64>>(log, "last_id")?,
             );
-            // Readers: the subscriptions that still read this log, with their floors.
-            let readers = sqlx::query(
-                "SELECT s.settings,
-                        coalesce((SELECT min(d.msg_id) - 1 FROM deliveries d WHERE d.sub_id = s.id),
-                                 c.cursor) AS floor
-                   FROM subscriptions s JOIN sub_cursors c ON c.sub_id = s.id
-                  WHERE s.topic_id = $1 AND NOT s.detached",
-            )
-            .bind(topic_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-            let snapshots_floor: Option<i64> =
-                sqlx::query_scalar("SELECT min(floor) FROM snapshots WHERE topic_id = $1")
-                    .bind(topic_id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(db_error)?;
-            let has_snapshots = sqlx::query("SELECT 1 FROM snapshots WHERE topic_id = $1 LIMIT 1")
-                .bind(topic_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?
-                .is_some();
-            if deleted && readers.is_empty() && !has_snapshots {
+            let readers_floor: Option<i64> = col(log, "readers_floor")?;
+            let snapshots_floor: Option<i64> = col(log, "snapshots_floor")?;
+            if col(log, "deleted")? && !col::<bool>(log, "read")? && snapshots_floor.is_none() {
                 self.drop_log(topic_id, bounds).await?;
                 continue;
             }
             let (Some(first_id), Some(last_id)) = bounds else {
                 continue;
             };
-            let mut watermark = snapshots_floor.unwrap_or(i64::MAX);
-            let mut acked_retention: Option<u64> = None;
-            for reader in &readers {
-                watermark = watermark.min(col::<i64>(reader, "floor")?);
-                let record: SubscriptionRecord =
-                    decode(&col::<Vec<u8>>(reader, "settings")?, "subscription")?;
-                if record.retain_acked_messages {
-                    acked_retention = acked_retention.max(Some(record.retention_ms));
-                }
+            let watermark = [readers_floor, snapshots_floor, Some(last_id)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(last_id);
+            if watermark < first_id {
+                continue;
             }
             let topic_retention = col::<Option<i64>>(log, "retention_ms")?.map(|r| r.max(0) as u64);
-            let mut limit = watermark.min(last_id);
-            if let Some(keep) = topic_retention.max(acked_retention) {
+            let keep = topic_retention.max(acked_retention.get(&topic_id).copied());
+            let mut limit = watermark;
+            if let Some(keep) = keep {
                 // Stop at the first message still retained, as the embedded engine does.
                 let first_kept: Option<i64> = sqlx::query_scalar(concat!(
-                    "SELECT id FROM messages WHERE topic_id = $1 AND id >= $2 AND publish_time > ",
-                    ts_param!("$3"),
+                    "SELECT id FROM messages WHERE topic_id = $1 AND id >= $2 AND id <= $3
+                        AND publish_time > ",
+                    ts_param!("$4"),
                     " ORDER BY id LIMIT 1"
                 ))
                 .bind(topic_id)
                 .bind(first_id)
+                .bind(limit)
                 .bind(minus_ms(now_us, keep))
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db_error)?;
                 if let Some(kept) = first_kept {
-                    limit = limit.min(kept - 1);
+                    limit = kept - 1;
                 }
             }
             let removed = self.delete_messages(topic_id, first_id, limit).await?;
@@ -383,8 +429,9 @@ impl PostgresStore {
             _ => 0,
         };
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let result: Result<()> = async {
-            // Re-checked under the topic row's lock: still deleted, still unread.
+        let result: Result<bool> = async {
+            // Re-checked under the topic row's lock: still deleted, still unread. (Once a
+            // deleted topic is unread it stays so: nothing can subscribe to it or snapshot it.)
             let still_unused = sqlx::query(
                 "SELECT 1 FROM topics t WHERE t.id = $1 AND t.deleted
                     AND NOT EXISTS (SELECT 1 FROM subscriptions s
@@ -398,7 +445,7 @@ impl PostgresStore {
             .map_err(db_error)?
             .is_some();
             if !still_unused {
-                return Ok(());
+                return Ok(false);
             }
             for sql in [
                 "DELETE FROM messages WHERE topic_id = $1",
@@ -411,11 +458,12 @@ impl PostgresStore {
                     .await
                     .map_err(db_error)?;
             }
-            Ok(())
+            Ok(true)
         }
         .await;
-        finish_tx(tx, result).await?;
-        tracing::info!(topic_id, removed, "log of a deleted topic removed");
+        if finish_tx(tx, result).await? {
+            tracing::info!(topic_id, removed, "log of a deleted topic removed");
+        }
         Ok(())
     }
 

@@ -15,8 +15,9 @@ use std::time::SystemTime;
 use converge_core::filter::Filter;
 use converge_core::{Error, Result, SeekTarget, SubscriptionName};
 use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
+use super::resources::{col, decode, detached_error, finish_tx};
 use super::{PostgresStore, db_error, to_micros, ts_param};
 use crate::embedded::delivery::parse_filter;
 use crate::embedded::record::{PubSubSnapshotRecord, SubscriptionRecord};
@@ -24,44 +25,6 @@ use crate::embedded::state::not_found;
 
 /// Rows written (or ids sent) per statement when a Seek materialises a large range.
 const CHUNK: usize = 10_000;
-
-/// Reads a column, mapping a type mismatch to `INTERNAL`.
-pub(super) fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
-    row: &'r PgRow,
-    name: &str,
-) -> Result<T> {
-    row.try_get(name).map_err(db_error)
-}
-
-/// Decodes a postcard record stored in a `settings` column.
-pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| Error::Internal(format!("undecodable {what} settings: {e}")))
-}
-
-/// Ends a transaction as its work went: commits after success, rolls back (explicitly, so the
-/// locks go before the caller answers) after an error.
-pub(super) async fn finish_tx<T>(tx: Transaction<'_, Postgres>, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(value) => {
-            tx.commit().await.map_err(db_error)?;
-            Ok(value)
-        }
-        Err(e) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "rollback failed; the connection is discarded");
-            }
-            Err(e)
-        }
-    }
-}
-
-/// The real service's words for a subscription without a topic (as the embedded engine says).
-fn detached_error(name: &SubscriptionName) -> Error {
-    Error::FailedPrecondition(format!(
-        "Subscription {name} is detached from its topic or its topic was deleted"
-    ))
-}
 
 /// What a Seek needs to know about the subscription, read under its cursor lock.
 struct Seeker {
@@ -136,7 +99,7 @@ impl PostgresStore {
         let filter = parse_filter(&seeker.record.filter)?;
         let unacked = match &filter {
             None => unacked.into_iter().map(|(id, _)| id).collect(),
-            Some(_filter) => unacked.into_iter().map(|(id, _)| id).collect(),
+            Some(filter) => passing(filter, unacked)?,
         };
         sqlx::query("DELETE FROM deliveries WHERE sub_id = $1")
             .bind(seeker.sub_id)
@@ -146,7 +109,7 @@ impl PostgresStore {
         for ids in unacked.chunks(CHUNK) {
             sqlx::query(concat!(
                 "INSERT INTO deliveries (sub_id, msg_id, ordering_key, publish_time, state, due_at)
-                 SELECT $1, m.id, CASE WHEN $5 OR true THEN m.ordering_key ELSE '' END,
+                 SELECT $1, m.id, CASE WHEN $5 THEN m.ordering_key ELSE '' END,
                         m.publish_time, 0, ",
                 ts_param!("$3"),
                 " FROM messages m WHERE m.topic_id = $2 AND m.id = ANY ($4)"
@@ -325,7 +288,7 @@ fn passing(filter: &Filter, candidates: Vec<(i64, Option<Attributes>)>) -> Resul
 mod tests {
     use std::time::Duration;
 
-    use converge_core::{Clock as _, SeekTarget, Store as _, Subscription};
+    use converge_core::{Clock as _, Error, SeekTarget, Store as _, Subscription};
 
     use super::super::retention::tests::Scratch;
     use crate::conformance::support::{
@@ -374,9 +337,12 @@ mod tests {
         s.create_snapshot(pubsub_snapshot("both"), &sub_name("all"))
             .await
             .unwrap();
-        s.seek(&sub_name("sub-eu"), SeekTarget::Snapshot(snapshot_name("both")))
-            .await
-            .unwrap();
+        s.seek(
+            &sub_name("sub-eu"),
+            SeekTarget::Snapshot(snapshot_name("both")),
+        )
+        .await
+        .unwrap();
         assert_eq!(data(&pull_now(s, "sub-eu").await), ["eu"]);
         x.finish().await;
     }
@@ -430,6 +396,50 @@ mod tests {
             .unwrap();
         assert_eq!(x.stats_of("sub").await, (1, Duration::ZERO));
         assert_eq!(data(&pull_now(s, "sub").await), ["c"]);
+        x.finish().await;
+    }
+    /// A snapshot past its expire time cannot be sought to, even before maintenance deletes
+    /// it (`NOT_FOUND`, as the embedded engine says), and a detached subscription cannot seek
+    /// at all (`FAILED_PRECONDITION`).
+    #[tokio::test]
+    async fn expired_snapshots_and_detached_subscriptions_are_refused() {
+        let x = Scratch::new().await;
+        let s = &x.store;
+        s.create_topic(topic("top")).await.unwrap();
+        s.create_subscription(subscription("sub", "top"))
+            .await
+            .unwrap();
+        let snap = s
+            .create_snapshot(pubsub_snapshot("snap"), &sub_name("sub"))
+            .await
+            .unwrap();
+        s.seek(
+            &sub_name("sub"),
+            SeekTarget::Snapshot(snapshot_name("snap")),
+        )
+        .await
+        .unwrap();
+        let left = snap.expire_time.duration_since(x.clock.now()).unwrap();
+        x.clock.advance(left);
+        let err = s
+            .seek(
+                &sub_name("sub"),
+                SeekTarget::Snapshot(snapshot_name("snap")),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+        assert!(
+            s.get_snapshot(&snapshot_name("snap")).await.is_ok(),
+            "not yet swept"
+        );
+
+        s.detach_subscription(&sub_name("sub")).await.unwrap();
+        let err = s
+            .seek(&sub_name("sub"), SeekTarget::Time(x.clock.now()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         x.finish().await;
     }
 }

@@ -1191,3 +1191,28 @@ async fn a_publish_after_close_is_an_error_and_stores_nothing() {
     assert_eq!(data(&pull_now(&n.b, "sub").await), ["on b"]);
     Store::close(&n.b).await.unwrap();
 }
+
+/// One node of a deployment runs the periodic sweeps: while A leads, B's `maintain` sweeps
+/// nothing (an expired subscription stays); once A has closed, the lead is free at once, so B's
+/// very next `maintain` takes over and sweeps (a clean shutdown hands over without waiting for
+/// PostgreSQL to notice that A's session ended).
+#[tokio::test]
+async fn one_node_leads_the_sweeps_and_the_lead_moves_when_it_closes() {
+    let n = two_nodes(|s| s.expiration_ttl = Some(Duration::from_secs(86_400))).await;
+    n.a.maintain().await.unwrap();
+    n.clock.advance(Duration::from_secs(2 * 86_400));
+    n.b.maintain().await.unwrap();
+    assert!(
+        n.b.get_subscription(&sub_name("sub")).await.is_ok(),
+        "B does not lead while A does: it expired nothing"
+    );
+
+    Store::close(&n.a).await.unwrap();
+    n.b.maintain().await.unwrap();
+    let gone = n.b.get_subscription(&sub_name("sub")).await;
+    assert!(
+        matches!(gone, Err(Error::NotFound(_))),
+        "B leads once A closed, and expired the subscription: {gone:?}"
+    );
+    Store::close(&n.b).await.unwrap();
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use converge::client::{Client, Endpoint};
+use converge_server::config::StoreChoice;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,7 @@ const READY: Duration = Duration::from_secs(30);
 pub struct Broker {
     addr: SocketAddr,
     data_dir: Option<PathBuf>,
+    store: StoreChoice,
     http: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -33,11 +35,34 @@ impl Broker {
     /// A broker on `listen`, keeping its data in `data_dir` when given (so that a broker
     /// started again on the same directory finds it), ready to answer API calls.
     pub async fn start_on(listen: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_with(listen, data_dir, StoreChoice::Embedded).await
+    }
+
+    /// A broker on the PostgreSQL store, in `schema` of the test database (created by the
+    /// caller, e.g. a [`super::PgSchema`]), on a free port. Its connections are named after the
+    /// schema, so dropping the schema also ends them.
+    pub async fn start_postgres(schema: &str) -> anyhow::Result<Self> {
+        let store = StoreChoice::Postgres {
+            url: format!(
+                "{}?schema={schema}&application_name={schema}",
+                super::DATABASE_URL
+            ),
+            pool_size: Some(4),
+        };
+        Self::start_with("127.0.0.1:0".parse()?, None, store).await
+    }
+
+    async fn start_with(
+        listen: SocketAddr,
+        data_dir: Option<PathBuf>,
+        store: StoreChoice,
+    ) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         let config = converge_server::ServerConfig {
             listen,
             data_dir: data_dir.clone(),
+            store: store.clone(),
             test_clock: true,
             ..Default::default()
         };
@@ -46,6 +71,7 @@ impl Broker {
         let broker = Self {
             addr,
             data_dir,
+            store,
             http: reqwest::Client::new(),
             shutdown,
             task: Some(task),
@@ -130,7 +156,7 @@ impl Broker {
     /// Stops the broker and starts a new one on the same address with the same data.
     pub async fn restart(mut self) -> anyhow::Result<Self> {
         self.stop().await?;
-        Self::start_on(self.addr, self.data_dir.clone()).await
+        Self::start_with(self.addr, self.data_dir.clone(), self.store.clone()).await
     }
 }
 

@@ -88,6 +88,8 @@ pub enum Backend {
     /// `converge::client::Client` against converge-server started in this process with a
     /// test clock, over real sockets.
     Broker,
+    /// The same, with the broker on the PostgreSQL store (a schema of its own).
+    PostgresBroker,
 }
 
 /// One test's backend: a transport, its clock, and unique names.
@@ -97,6 +99,8 @@ pub struct Harness {
     memory: Option<MemoryTransport>,
     client: Option<Client>,
     broker: Option<Broker>,
+    /// The PostgreSQL broker's schema; declared after `broker` so it is dropped after it.
+    _schema: Option<PgSchema>,
     prefix: String,
     counter: AtomicU64,
 }
@@ -104,14 +108,22 @@ pub struct Harness {
 impl Harness {
     /// A fresh backend: an empty memory engine, or a new broker on a free port.
     pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        let mut schema = None;
         let (transport, memory, client, broker) = match backend {
             Backend::Memory => {
                 let memory = MemoryTransport::new();
                 let transport = Tracked::new(Arc::new(memory.clone()), None);
                 (transport, Some(memory), None, None)
             }
-            Backend::Broker => {
-                let broker = Broker::start().await?;
+            Backend::Broker | Backend::PostgresBroker => {
+                let broker = if backend == Backend::Broker {
+                    Broker::start().await?
+                } else {
+                    let created = PgSchema::new().await?;
+                    let broker = Broker::start_postgres(&created.name).await?;
+                    schema = Some(created);
+                    broker
+                };
                 let client = broker.client().await?;
                 let transport = Tracked::new(Arc::new(client.clone()), Some(client.clone()));
                 (transport, None, Some(client), Some(broker))
@@ -129,6 +141,7 @@ impl Harness {
             memory,
             client,
             broker,
+            _schema: schema,
             prefix,
             counter: AtomicU64::new(0),
         })
@@ -648,9 +661,10 @@ pub fn text(message: &IncomingMessage) -> String {
     String::from_utf8_lossy(&message.data).into_owned()
 }
 
-/// Generates each listed test twice, `memory::NAME` and `broker::NAME`, each calling
-/// `NAME(harness)` (an `async fn(Harness) -> anyhow::Result<()>` of the calling file) with a
-/// fresh harness on its backend, so both backends run identical assertions.
+/// Generates each listed test three times, `memory::NAME`, `broker::NAME` and
+/// `postgres_broker::NAME` (the broker on the PostgreSQL store), each calling `NAME(harness)`
+/// (an `async fn(Harness) -> anyhow::Result<()>` of the calling file) with a fresh harness on its
+/// backend, so every backend runs identical assertions.
 #[allow(unused_macros)] // not every test binary runs on both backends
 macro_rules! both_backends {
     ($($test:ident),* $(,)?) => {
@@ -670,6 +684,18 @@ macro_rules! both_backends {
                 async fn $test() -> anyhow::Result<()> {
                     let harness =
                         crate::support::Harness::start(crate::support::Backend::Broker).await?;
+                    super::$test(harness).await
+                }
+            )*
+        }
+        mod postgres_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() -> anyhow::Result<()> {
+                    let harness = crate::support::Harness::start(
+                        crate::support::Backend::PostgresBroker,
+                    )
+                    .await?;
                     super::$test(harness).await
                 }
             )*
