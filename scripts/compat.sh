@@ -114,7 +114,7 @@ start_target() {
         >"$RESULTS/converge.log" 2>&1 &
       TARGET_PID=$!
       HOST=127.0.0.1:$port
-      ready() { curl -fsS -o /dev/null "http://$HOST/readyz"; }
+      ready() { curl -fs -o /dev/null "http://$HOST/readyz"; }
       ;;
     emulator)
       # Its REST surface only works with --host=localhost; the clients here use gRPC either way.

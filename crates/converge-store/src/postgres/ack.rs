@@ -59,7 +59,8 @@ impl PostgresStore {
         }
         let rows = sqlx::query(concat!(
             "DELETE FROM deliveries d USING unnest($2::int8[], $3::int8[]) AS a(msg_id, lease)
-              WHERE d.sub_id = $1 AND d.msg_id = a.msg_id AND d.lease = a.lease AND d.state = 1
+              WHERE d.sub_id = $1 AND d.msg_id = ANY($2::int8[]) AND d.msg_id = a.msg_id
+               AND d.lease = a.lease AND d.state = 1
                 AND (NOT $4 OR d.due_at > ",
             ts_param!("$5"),
             ") RETURNING d.msg_id, d.lease, d.ordering_key"
@@ -104,7 +105,8 @@ impl PostgresStore {
             return Ok(vec![AckOutcome::Invalid; ack_ids.len()]);
         }
         let matching = concat!(
-            "d.sub_id = $1 AND d.msg_id = a.msg_id AND d.lease = a.lease AND d.state = 1
+            "d.sub_id = $1 AND d.msg_id = ANY($2::int8[]) AND d.msg_id = a.msg_id
+               AND d.lease = a.lease AND d.state = 1
              AND (NOT $4 OR d.due_at > ",
             ts_param!("$5"),
             ")"

@@ -116,10 +116,16 @@ impl PostgresStore {
             listener.abort();
         }
         let conn = self.node.leader.lock().await.conn.take();
-        if let Some(conn) = conn {
-            // Closing the session frees its advisory lock; the next leader takes over at once.
+        if let Some(mut conn) = conn {
+            // Unlock explicitly: closing the session frees the lock too, but only once its
+            // backend has exited, which may be after `close` returned; this way the next leader
+            // takes over at its next tick.
+            let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut conn)
+                .await;
             let _ = conn.close().await;
         }
+        self.lease_pool.close().await;
         self.pool.close().await;
         tracing::info!(schema = %self.schema, "postgresql store closed");
         Ok(())

@@ -166,6 +166,11 @@ impl Default for PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Connections for leasing (pull), with `synchronous_commit = off`: a lease PostgreSQL
+    /// forgets in a crash only means an earlier redelivery, which at-least-once allows (the
+    /// embedded engine keeps leases in memory for the same reason), so a pull need not wait for
+    /// a WAL flush. Publishes and acks go through `pool` and wait for theirs.
+    lease_pool: PgPool,
     clock: Arc<dyn Clock>,
     schema: Arc<str>,
     version: i32,
@@ -179,6 +184,8 @@ pub struct PostgresStore {
 struct Node {
     /// Local long polls, woken after local commits and by the NOTIFY listener.
     wake: wake::Wakeups,
+    /// Concurrent publishes of one topic, committed together.
+    publishers: publish::PublishBatchers,
     /// Subscription settings by name and by id, refreshed after a short time.
     subscriptions: subscriptions::SubscriptionCache,
     /// The dedicated connection holding (or trying for) the leader lock.
@@ -242,14 +249,24 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect_options.clone())
             .await?;
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(
+                connect_options
+                    .clone()
+                    .options([("synchronous_commit", "off")]),
+            );
         tracing::info!(schema = %schema, version, "postgresql store open");
         let store = Self {
             pool,
+            lease_pool,
             clock: options.clock,
             schema: schema.into(),
             version,
             node: Arc::new(Node {
                 wake: wake::Wakeups::default(),
+                publishers: publish::PublishBatchers::default(),
                 subscriptions: subscriptions::SubscriptionCache::default(),
                 leader: tokio::sync::Mutex::new(maintenance::Leadership::default()),
                 connect_options,

@@ -8,10 +8,13 @@
 //! race-free within the topic.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use converge_core::{Error, MessageId, NewMessage, Result, TopicName};
+use parking_lot::Mutex;
 use sqlx::{PgConnection, Row};
+use tokio::sync::oneshot;
 
 use super::{PostgresStore, db_error, to_micros, ts_param};
 use crate::embedded::state::not_found;
@@ -52,25 +55,109 @@ pub(super) fn parse_attributes(text: &str) -> Result<converge_core::message::Att
         .map_err(|e| Error::Internal(format!("undecodable message attributes: {e}")))
 }
 
+/// A publish waiting for a transaction.
+struct Waiting {
+    messages: Vec<NewMessage>,
+    answer: oneshot::Sender<Result<Vec<MessageId>>>,
+}
+
+/// Publishes of one topic waiting on this node, and the slot of the one transaction at a time
+/// that commits them.
+///
+/// Why: a publish holds its topic's head lock until its commit is flushed, so publishes of one
+/// topic cannot share a WAL flush through PostgreSQL's group commit; one after the other, each
+/// would pay a flush of its own. Instead, whoever gets the slot takes every publish queued
+/// meanwhile and commits them together: under load, one flush serves many calls, as the
+/// embedded engine's writer thread does; alone, a publish waits for nothing.
+#[derive(Debug, Default)]
+struct TopicBatcher {
+    queue: Mutex<Vec<Waiting>>,
+    slot: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The batchers of this node, by topic.
+#[derive(Debug, Default)]
+pub(super) struct PublishBatchers {
+    topics: Mutex<HashMap<TopicName, Arc<TopicBatcher>>>,
+}
+
+impl PublishBatchers {
+    fn for_topic(&self, topic: &TopicName) -> Arc<TopicBatcher> {
+        self.topics.lock().entry(topic.clone()).or_default().clone()
+    }
+}
+
 impl PostgresStore {
-    /// Publishes a batch and answers once it is committed. If the commit's answer is lost the
-    /// caller gets an error although the batch may be stored: at-least-once, and a retry with
-    /// idempotency keys finds the original ids.
+    /// Publishes a batch and answers once it is committed. Concurrent publishes of one topic on
+    /// this node share one transaction (see [`TopicBatcher`]). If the commit's answer is lost
+    /// the caller gets an error although the batch may be stored: at-least-once, and a retry
+    /// with idempotency keys finds the original ids.
     pub(super) async fn publish_batch(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<MessageId>> {
         self.check_open()?;
+        let batcher = self.node.publishers.for_topic(topic);
+        let (answer, mut answered) = oneshot::channel();
+        batcher.queue.lock().push(Waiting { messages, answer });
+        let slot = batcher.slot.lock().await;
+        if let Ok(result) = answered.try_recv() {
+            // The previous holder of the slot committed ours with its own.
+            return result;
+        }
+        let batch = std::mem::take(&mut *batcher.queue.lock());
+        if !batch.is_empty() {
+            // Its own task, so that a caller that stops waiting cannot abandon the others'
+            // publishes halfway: the commit and every answer happen regardless.
+            let store = self.clone();
+            let topic = topic.clone();
+            let _ = tokio::spawn(async move { store.commit_together(&topic, batch).await }).await;
+        }
+        drop(slot);
+        answered.await.unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "a publish lost its answer (its commit task failed)".into(),
+            ))
+        })
+    }
+
+    /// Commits the queued publishes of one topic in one transaction and answers each.
+    async fn commit_together(&self, topic: &TopicName, mut batch: Vec<Waiting>) {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let result = self.publish_in(&mut tx, topic, &messages, now).await;
-        let result = match result {
-            Ok(Some(published)) => Ok(published),
-            Ok(None) => Err(not_found(&topic.to_string())),
-            Err(e) => Err(e),
+        let counts: Vec<usize> = batch.iter().map(|w| w.messages.len()).collect();
+        let all: Vec<NewMessage> = batch
+            .iter_mut()
+            .flat_map(|w| std::mem::take(&mut w.messages))
+            .collect();
+        let result = async {
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let result = match self.publish_in(&mut tx, topic, &all, now).await {
+                Ok(Some(published)) => Ok(published),
+                Ok(None) => Err(not_found(&topic.to_string())),
+                Err(e) => Err(e),
+            };
+            super::resources::finish_tx(tx, result).await
+        }
+        .await;
+        let published = match result {
+            Ok(published) => published,
+            Err(e) => {
+                for waiting in batch {
+                    let _ = waiting.answer.send(Err(e.clone()));
+                }
+                return;
+            }
         };
-        let published = super::resources::finish_tx(tx, result).await?;
+        debug_assert_eq!(published.ids.len(), all.len(), "one id per message");
         metrics::counter!("converge_messages_published_total").increment(published.stored as u64);
         let repeated = published.ids.len() - published.stored;
         if repeated > 0 {
@@ -79,7 +166,11 @@ impl PostgresStore {
         if published.stored > 0 {
             self.wake_topic(published.topic_id);
         }
-        Ok(published.ids)
+        let mut ids = published.ids.into_iter();
+        for (waiting, count) in batch.into_iter().zip(counts) {
+            let mine: Vec<MessageId> = ids.by_ref().take(count).collect();
+            let _ = waiting.answer.send(Ok(mine));
+        }
     }
 
     /// Appends `messages` to `topic` inside the caller's transaction (a publish, or a

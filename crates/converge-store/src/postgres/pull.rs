@@ -16,9 +16,10 @@
 //! would race with a concurrent ack on another node.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use converge_core::{PullOptions, ReceivedMessage, Result, StoredMessage, SubscriptionName};
+use converge_core::{Error, PullOptions, ReceivedMessage, Result, StoredMessage, SubscriptionName};
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 
@@ -30,7 +31,54 @@ use super::{PostgresStore, db_error, from_micros, to_micros, ts_column, ts_param
 use crate::embedded::delivery::AckRef;
 
 /// New messages looked at per materialisation at least (design §3.2 c).
-const MATERIALISE_CHUNK: i64 = 128;
+const MATERIALISE_CHUNK: i64 = 512;
+
+/// A pull's leasing task whose caller may stop waiting for it: dropped before the task's
+/// answer was claimed, it releases whatever the task leased.
+struct ReleaseUnclaimed {
+    task: Option<tokio::task::JoinHandle<Result<Vec<ReceivedMessage>>>>,
+    store: PostgresStore,
+    sub_id: i64,
+}
+
+impl Drop for ReleaseUnclaimed {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (store, sub_id) = (self.store.clone(), self.sub_id);
+        tokio::spawn(async move {
+            let Ok(Ok(taken)) = task.await else {
+                return;
+            };
+            let rows: Vec<LeasedRow> = taken
+                .iter()
+                .filter_map(|r| {
+                    let a = AckRef::decode(&r.ack_id)?;
+                    Some(LeasedRow {
+                        msg_id: a.message_id as i64,
+                        lease: a.lease as i64,
+                        attempts: r.attempts as i32,
+                    })
+                })
+                .collect();
+            if rows.is_empty() {
+                return;
+            }
+            let now = store.clock.now();
+            match store.release(sub_id, &rows, now).await {
+                Ok(()) => tracing::debug!(
+                    sub_id,
+                    count = rows.len(),
+                    "released the leases of an abandoned pull"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, sub_id, "abandoned leases not released; they expire at their deadline")
+                }
+            }
+        });
+    }
+}
 
 /// A row this pull leased.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +109,7 @@ impl PostgresStore {
             by_topic.as_mut().enable();
 
             let now = self.clock.now();
-            let taken = self.take(&sub, &options, now).await?;
+            let taken = self.take_to_completion(&sub, &options, now).await?;
             if !taken.is_empty() {
                 self.touch(sub.id, now).await?;
                 return Ok(taken);
@@ -85,6 +133,28 @@ impl PostgresStore {
         }
     }
 
+    /// Runs [`Self::take`] as a task of its own, so that it finishes even if the caller stops
+    /// waiting (StreamingPull drops a pull when its stream's deadline changes). The server relies
+    /// on a pull it gave up having leased nothing: leases committed for a caller that is gone
+    /// are released at once, instead of waiting out their deadline.
+    async fn take_to_completion(
+        &self,
+        sub: &Arc<SubscriptionInfo>,
+        options: &PullOptions,
+        now: SystemTime,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let (store, task_sub, options) = (self.clone(), sub.clone(), options.clone());
+        let task = tokio::spawn(async move { store.take(&task_sub, &options, now).await });
+        let mut pending = ReleaseUnclaimed {
+            task: Some(task),
+            store: self.clone(),
+            sub_id: sub.id,
+        };
+        let joined = pending.task.as_mut().expect("just set").await;
+        pending.task = None;
+        joined.map_err(|e| Error::Internal(format!("a pull task failed: {e}")))?
+    }
+
     /// When the subscription's next retry comes due or its next lease expires.
     async fn next_due(&self, sub_id: i64) -> Result<Option<SystemTime>> {
         let row = sqlx::query(concat!(
@@ -93,7 +163,7 @@ impl PostgresStore {
             " AS due FROM deliveries WHERE sub_id = $1"
         ))
         .bind(sub_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.lease_pool)
         .await
         .map_err(db_error)?;
         Ok(col::<Option<i64>>(&row, "due")?.map(from_micros))
@@ -176,7 +246,7 @@ impl PostgresStore {
         .bind(to_micros(now))
         .bind(max as i64)
         .bind(lease_for.as_micros() as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.lease_pool)
         .await
         .map_err(db_error)?;
         let mut leased = rows
@@ -216,7 +286,7 @@ impl PostgresStore {
         ))
         .bind(sub.topic_id)
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.lease_pool)
         .await
         .map_err(db_error)?;
         let mut messages: HashMap<i64, StoredMessage> = HashMap::with_capacity(rows.len());
@@ -267,7 +337,7 @@ impl PostgresStore {
             sqlx::query("DELETE FROM deliveries WHERE sub_id = $1 AND msg_id = ANY($2)")
                 .bind(sub.id)
                 .bind(&gone)
-                .execute(&self.pool)
+                .execute(&self.lease_pool)
                 .await
                 .map_err(db_error)?;
         }
@@ -284,13 +354,14 @@ impl PostgresStore {
             ", attempts = d.attempts - 1,
                    first_attempt = CASE WHEN d.attempts <= 1 THEN NULL ELSE d.first_attempt END
                FROM unnest($2::int8[], $3::int8[]) AS a(msg_id, lease)
-              WHERE d.sub_id = $1 AND d.msg_id = a.msg_id AND d.lease = a.lease AND d.state = 1"
+              WHERE d.sub_id = $1 AND d.msg_id = ANY($2::int8[]) AND d.msg_id = a.msg_id
+               AND d.lease = a.lease AND d.state = 1"
         ))
         .bind(sub_id)
         .bind(&ids)
         .bind(&leases)
         .bind(to_micros(now))
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await
         .map_err(db_error)?;
         Ok(())
@@ -309,7 +380,7 @@ impl PostgresStore {
         now: SystemTime,
         lease_for: Duration,
     ) -> Result<Vec<LeasedRow>> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.lease_pool.begin().await.map_err(db_error)?;
         let result = self
             .materialise_in(
                 &mut tx,
@@ -505,7 +576,7 @@ impl PostgresStore {
         }
         let now = self.clock.now();
         for _ in 0..8 {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut tx = self.lease_pool.begin().await.map_err(db_error)?;
             let before = sqlx::query("SELECT cursor FROM sub_cursors WHERE sub_id = $1")
                 .bind(sub.id)
                 .fetch_optional(&mut *tx)
@@ -517,7 +588,7 @@ impl PostgresStore {
             finish_tx(tx, result).await?;
             let after = sqlx::query("SELECT cursor FROM sub_cursors WHERE sub_id = $1")
                 .bind(sub.id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.lease_pool)
                 .await
                 .map_err(db_error)?;
             let cursor = |r: Option<PgRow>| r.map(|r| col::<i64>(&r, "cursor")).transpose();

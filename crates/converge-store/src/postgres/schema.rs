@@ -37,11 +37,18 @@ impl Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "queue vacuum settings",
+        sql: include_str!("migrations/0002_queue_vacuum.sql"),
+    },
+];
 
 /// The schema version this binary expects: the last of [`MIGRATIONS`].
 pub fn current_version() -> i32 {

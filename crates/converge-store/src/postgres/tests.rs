@@ -282,7 +282,7 @@ async fn the_schema_comes_from_the_url_when_it_names_one() {
 async fn a_schema_newer_than_the_code_is_refused() {
     let schema = TestSchema::new();
     let clock = ManualClock::starting_now();
-    // A newer converge migrated this schema to version 2.
+    // A newer converge migrated this schema to a version this one does not know.
     let mut newer = MIGRATIONS.to_vec();
     newer.push(Migration {
         version: MIGRATIONS.len() as i32 + 1,
