@@ -9,6 +9,9 @@
 //!   message at once, a leased one once its lease expires) and never what was;
 //! - two processes on one schema at once are one broker: what one publishes the other delivers,
 //!   and an acknowledgement on one is seen by the other;
+//! - push delivery is shared by two processes on one schema without double dispatch: both push
+//!   for the same subscription, every message reaches the endpoint once, and when one process is
+//!   killed the other carries on alone;
 //! - a database that cannot be reached at start keeps `/readyz` at 503 (API calls answer
 //!   `UNAVAILABLE`) and is retried until it can be, and a shutdown meanwhile is clean;
 //! - a URL that is not PostgreSQL, a flag that makes no sense with it, or a schema name that
@@ -20,6 +23,7 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -518,6 +522,306 @@ async fn two_processes_on_one_schema_are_one_broker() {
     assert_eq!(sorted, expected, "received {received:?}");
     a.assert_password_never_logged();
     b.assert_password_never_logged();
+}
+
+/// How long the push test waits for the endpoint to have seen every message.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Two processes on one schema both run the push dispatcher for one push subscription (ack
+/// deadline 10 s) and share its deliveries through the leased `deliveries` rows. The endpoint
+/// answers 204 at once, so no lease expires while a push is in flight: any message id the
+/// endpoint sees twice was dispatched twice under live leases, which must not happen. Which node
+/// sent each push is read from the nodes' `REQUEST_OUTBOUND` log lines (one per push); these
+/// must account for every request the endpoint saw, each message by exactly one node. The split
+/// between the nodes is only printed: it depends on timing. Then node A is killed with SIGKILL
+/// and 100 more messages published on B must all arrive, pushed by B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_is_shared_by_two_nodes_without_double_dispatch() {
+    let schema = Schema::new();
+    let url = schema.url();
+    let endpoint = PushEndpoint::start().await;
+    let mut a = Node::spawn(&["--store", &url], &[]);
+    let b = Node::spawn(&["--store", &url], &[]);
+    a.wait_ready();
+    b.wait_ready();
+    let (grpc_a, grpc_b) = (a.grpc().await, b.grpc().await);
+    let topic = new_topic_name("pushed");
+    let sub = new_subscription_name("pushed");
+    grpc_a.create_topic(&topic).await;
+    grpc_a
+        .create_subscription(pubsub::Subscription {
+            push_config: Some(pubsub::PushConfig {
+                push_endpoint: endpoint.url(),
+                ..Default::default()
+            }),
+            ack_deadline_seconds: 10,
+            ..subscription(&sub, &topic)
+        })
+        .await;
+    // Both dispatchers must have a worker for the subscription before anything is published,
+    // or one node could push everything before the other noticed the subscription.
+    for node in [&a, &b] {
+        node.wait_for_log(|e| {
+            e["message"] == "push worker started" && e["subscription"] == sub.as_str()
+        });
+    }
+
+    // 300 messages, published on both nodes at once.
+    let (on_a, on_b) = tokio::join!(
+        publish_batches(&grpc_a, &topic, "a", 15, 10),
+        publish_batches(&grpc_b, &topic, "b", 15, 10),
+    );
+    let published: HashSet<String> = on_a.into_iter().chain(on_b).collect();
+    assert_eq!(published.len(), 300, "message ids are unique");
+    endpoint.wait_for_all(&published, PUSH_TIMEOUT).await;
+    // A window for late duplicates: a second dispatch of a message still leased would come now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = endpoint.seen();
+    assert_once_each(&seen, &published);
+
+    // Each push the endpoint saw is one `REQUEST_OUTBOUND` line on the node that sent it; the
+    // line is written once the answer is back, so wait for all of them.
+    let nodes = [("A", &a), ("B", &b)];
+    let senders = wait_for_push_logs(&nodes, &sub, "every push seen", |senders| {
+        senders.values().map(Vec::len).sum::<usize>() >= seen.len()
+    });
+    for id in &published {
+        let by = senders.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(by.len(), 1, "message {id} logged as pushed by {by:?}");
+    }
+    let by_a = senders.values().filter(|by| by[..] == ["A"]).count();
+    println!(
+        "pushes per node: A {by_a}, B {} (of {} messages)",
+        senders.len() - by_a,
+        published.len()
+    );
+
+    // Node A crashes; B alone pushes what is published next.
+    a.kill9();
+    let later: HashSet<String> = publish_batches(&grpc_b, &topic, "late", 10, 10)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(later.len(), 100, "message ids are unique");
+    endpoint.wait_for_all(&later, PUSH_TIMEOUT).await;
+    let seen_later: Vec<String> = endpoint
+        .seen()
+        .into_iter()
+        .filter(|id| later.contains(id))
+        .collect();
+    assert_once_each(&seen_later, &later);
+    let senders = wait_for_push_logs(
+        &[("B", &b)],
+        &sub,
+        "B's push of each later message",
+        |senders| later.iter().all(|id| senders.contains_key(id)),
+    );
+    for id in &later {
+        assert_eq!(
+            senders.get(id).map(Vec::as_slice).unwrap_or_default(),
+            ["B"],
+            "message {id} after A was killed"
+        );
+    }
+    a.assert_password_never_logged();
+    b.assert_password_never_logged();
+}
+
+/// Publishes `batches` batches of `per_batch` messages (data `TAG-BATCH-I`) to `topic`, one
+/// batch after the other; the message ids.
+async fn publish_batches(
+    grpc: &Grpc,
+    topic: &str,
+    tag: &str,
+    batches: usize,
+    per_batch: usize,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(batches * per_batch);
+    for batch in 0..batches {
+        let data: Vec<String> = (0..per_batch)
+            .map(|i| format!("{tag}-{batch}-{i}"))
+            .collect();
+        let data: Vec<&str> = data.iter().map(String::as_str).collect();
+        ids.extend(grpc.publish_data(topic, &data).await);
+    }
+    ids
+}
+
+/// Every id of `expected` appears exactly once in `seen`, and nothing else does.
+fn assert_once_each(seen: &[String], expected: &HashSet<String>) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in seen {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let mut twice: Vec<(&str, usize)> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (*id, *n))
+        .collect();
+    twice.sort_unstable();
+    assert!(
+        twice.is_empty(),
+        "{} of {} messages pushed more than once: {twice:?}",
+        twice.len(),
+        counts.len()
+    );
+    let unknown: Vec<&&str> = counts
+        .keys()
+        .filter(|id| !expected.contains(**id))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "pushed but never published: {unknown:?}"
+    );
+    assert_eq!(counts.len(), expected.len(), "not every message was pushed");
+}
+
+/// Who pushed what, from the nodes' `REQUEST_OUTBOUND` lines for `sub` that succeeded: message
+/// id to the names of the nodes that logged it. Waits (up to [`LOG_TIMEOUT`]) until `done`
+/// holds on them, and panics naming `what` if it never does.
+fn wait_for_push_logs(
+    nodes: &[(&'static str, &Node)],
+    sub: &str,
+    what: &str,
+    done: impl Fn(&HashMap<String, Vec<&'static str>>) -> bool,
+) -> HashMap<String, Vec<&'static str>> {
+    let start = std::time::Instant::now();
+    loop {
+        let mut senders: HashMap<String, Vec<&'static str>> = HashMap::new();
+        for (name, node) in nodes {
+            for line in node.lines() {
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if event["logType"] == "REQUEST_OUTBOUND"
+                    && event["subscription"] == sub
+                    && event["outcome"] == "success"
+                {
+                    let id = event["messageId"].as_str().unwrap_or_default().to_owned();
+                    senders.entry(id).or_default().push(name);
+                }
+            }
+        }
+        if done(&senders) {
+            return senders;
+        }
+        let logged: usize = senders.values().map(Vec::len).sum();
+        assert!(
+            start.elapsed() < LOG_TIMEOUT,
+            "the push log lines never showed {what} ({logged} pushes logged)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A push endpoint on `127.0.0.1:0`: a minimal keep-alive HTTP/1.1 server that answers every
+/// request with 204 at once and records the message id of each wrapped push body, in order.
+struct PushEndpoint {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PushEndpoint {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port for the push endpoint");
+        let addr = listener.local_addr().expect("a bound address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(serve_pushes(stream, log.clone()));
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/push", self.addr)
+    }
+
+    /// The message ids of every request so far, in arrival order.
+    fn seen(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until every id of `ids` has been pushed at least once; panics after `timeout`.
+    async fn wait_for_all(&self, ids: &HashSet<String>, timeout: Duration) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let seen: HashSet<String> = self.seen().into_iter().collect();
+            let missing = ids.iter().filter(|id| !seen.contains(*id)).count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{missing} of {} messages not pushed within {timeout:?}",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for PushEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves one connection of [`PushEndpoint`]: reads requests (headers, then `content-length`
+/// bytes of body), records the body's `message.messageId` and answers 204.
+async fn serve_pushes(stream: tokio::net::TcpStream, log: Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.trim().eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let id = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["message"]["messageId"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("<no message id in {}>", String::from_utf8_lossy(&body)));
+        log.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+        if write
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// With PostgreSQL out of reach at start, the node serves its probes and keeps `/readyz` at

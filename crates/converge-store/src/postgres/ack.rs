@@ -4,12 +4,14 @@
 //! and with exactly-once delivery only before its deadline.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use converge_core::{AckId, AckOutcome, Result, SubscriptionName};
 
 use super::failure::failed_row;
 use super::resources::{col, finish_tx};
+use super::subscriptions::SubscriptionInfo;
 use super::{PostgresStore, db_error, to_micros, ts_column, ts_param};
 use crate::embedded::delivery::AckRef;
 
@@ -43,20 +45,52 @@ fn outcomes(sub_id: i64, ack_ids: &[AckId], applied: &HashSet<(i64, i64)>) -> Ve
         .collect()
 }
 
+/// What an ack or a deadline change works on: the subscription, the time, and the (message,
+/// lease) pairs of the ack ids that are this subscription's.
+struct AckRequest {
+    sub: Arc<SubscriptionInfo>,
+    now: SystemTime,
+    ids: Vec<i64>,
+    leases: Vec<i64>,
+}
+
 impl PostgresStore {
+    /// Reads the subscription and decodes `ack_ids`; `None` when none of them is this
+    /// subscription's (every outcome is then `Invalid`, and nothing needs the database).
+    async fn ack_request(
+        &self,
+        name: &SubscriptionName,
+        ack_ids: &[AckId],
+    ) -> Result<Option<AckRequest>> {
+        self.check_open()?;
+        let sub = self.subscription_info(name).await?;
+        let (ids, leases) = decode_acks(sub.id, ack_ids);
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(AckRequest {
+            now: self.clock.now(),
+            sub,
+            ids,
+            leases,
+        }))
+    }
+
     /// Acknowledges deliveries: the rows of current leases are deleted (design §3.3).
     pub(super) async fn ack(
         &self,
         name: &SubscriptionName,
         ack_ids: &[AckId],
     ) -> Result<Vec<AckOutcome>> {
-        self.check_open()?;
-        let sub = self.subscription_info(name).await?;
-        let now = self.clock.now();
-        let (ids, leases) = decode_acks(sub.id, ack_ids);
-        if ids.is_empty() {
+        let Some(AckRequest {
+            sub,
+            now,
+            ids,
+            leases,
+        }) = self.ack_request(name, ack_ids).await?
+        else {
             return Ok(vec![AckOutcome::Invalid; ack_ids.len()]);
-        }
+        };
         let rows = sqlx::query(concat!(
             "DELETE FROM deliveries d USING unnest($2::int8[], $3::int8[]) AS a(msg_id, lease)
               WHERE d.sub_id = $1 AND d.msg_id = ANY($2::int8[]) AND d.msg_id = a.msg_id
@@ -97,13 +131,15 @@ impl PostgresStore {
         ack_ids: &[AckId],
         deadline: Duration,
     ) -> Result<Vec<AckOutcome>> {
-        self.check_open()?;
-        let sub = self.subscription_info(name).await?;
-        let now = self.clock.now();
-        let (ids, leases) = decode_acks(sub.id, ack_ids);
-        if ids.is_empty() {
+        let Some(AckRequest {
+            sub,
+            now,
+            ids,
+            leases,
+        }) = self.ack_request(name, ack_ids).await?
+        else {
             return Ok(vec![AckOutcome::Invalid; ack_ids.len()]);
-        }
+        };
         let matching = concat!(
             "d.sub_id = $1 AND d.msg_id = ANY($2::int8[]) AND d.msg_id = a.msg_id
                AND d.lease = a.lease AND d.state = 1

@@ -80,6 +80,19 @@ impl Drop for ReleaseUnclaimed {
     }
 }
 
+/// How much a materialisation may lease at once.
+#[derive(Debug, Clone, Copy)]
+struct LeaseBudget {
+    /// Messages at most (0: lease nothing, only look).
+    messages: usize,
+    /// Bytes at most, if limited.
+    bytes: Option<usize>,
+    /// The first message goes whatever its size (nothing was leased before it in this pull).
+    first_always_fits: bool,
+    /// Lease length.
+    lease_for: Duration,
+}
+
 /// A row this pull leased.
 #[derive(Debug, Clone, Copy)]
 struct LeasedRow {
@@ -194,7 +207,16 @@ impl PostgresStore {
         if !full {
             let budget = options.max_bytes.map(|m| m.saturating_sub(bytes));
             let fresh = self
-                .materialise(sub, max - out.len(), budget, out.is_empty(), now, lease_for)
+                .materialise(
+                    sub,
+                    LeaseBudget {
+                        messages: max - out.len(),
+                        bytes: budget,
+                        first_always_fits: out.is_empty(),
+                        lease_for,
+                    },
+                    now,
+                )
                 .await?;
             let (_, surplus) = self
                 .load_leased(sub, &fresh, options.max_bytes, &mut bytes, &mut out)
@@ -374,38 +396,27 @@ impl PostgresStore {
     async fn materialise(
         &self,
         sub: &SubscriptionInfo,
-        want: usize,
-        byte_budget: Option<usize>,
-        first_always_fits: bool,
+        budget: LeaseBudget,
         now: SystemTime,
-        lease_for: Duration,
     ) -> Result<Vec<LeasedRow>> {
         let mut tx = self.lease_pool.begin().await.map_err(db_error)?;
-        let result = self
-            .materialise_in(
-                &mut tx,
-                sub,
-                want,
-                byte_budget,
-                first_always_fits,
-                now,
-                lease_for,
-            )
-            .await;
+        let result = self.materialise_in(&mut tx, sub, budget, now).await;
         finish_tx(tx, result).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn materialise_in(
         &self,
         tx: &mut PgConnection,
         sub: &SubscriptionInfo,
-        want: usize,
-        byte_budget: Option<usize>,
-        first_always_fits: bool,
+        budget: LeaseBudget,
         now: SystemTime,
-        lease_for: Duration,
     ) -> Result<Vec<LeasedRow>> {
+        let LeaseBudget {
+            messages: want,
+            bytes: byte_budget,
+            first_always_fits,
+            lease_for,
+        } = budget;
         let cursor =
             sqlx::query("SELECT cursor FROM sub_cursors WHERE sub_id = $1 FOR UPDATE SKIP LOCKED")
                 .bind(sub.id)
@@ -583,7 +594,17 @@ impl PostgresStore {
                 .await
                 .map_err(db_error)?;
             let result = self
-                .materialise_in(&mut tx, &sub, 0, None, false, now, Duration::ZERO)
+                .materialise_in(
+                    &mut tx,
+                    &sub,
+                    LeaseBudget {
+                        messages: 0,
+                        bytes: None,
+                        first_always_fits: false,
+                        lease_for: Duration::ZERO,
+                    },
+                    now,
+                )
                 .await;
             finish_tx(tx, result).await?;
             let after = sqlx::query("SELECT cursor FROM sub_cursors WHERE sub_id = $1")

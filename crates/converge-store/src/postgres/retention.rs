@@ -529,49 +529,36 @@ impl PostgresStore {
 /// not show them (truncation and the removal of a deleted topic's log are only visible there).
 #[cfg(test)]
 pub(super) mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use converge_core::{Clock as _, ManualClock, Store as _, Subscription, Topic};
-    use sqlx::ConnectOptions as _;
-    use sqlx::Connection as _;
-    use sqlx::postgres::PgConnectOptions;
 
-    use super::super::{PostgresOptions, PostgresStore};
+    use super::super::PostgresStore;
+    use super::super::tests::TestSchema;
     use crate::conformance::start_time;
     use crate::conformance::support::{
         msg, msg_with, pubsub_snapshot, pull_and_ack, pull_now, snapshot_name, sub_name,
         subscription, topic, topic_name,
     };
 
-    const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
     /// A store in a schema of its own on a manual clock; the schema is dropped with the value
     /// (also when the test fails).
     pub(in crate::postgres) struct Scratch {
-        schema: String,
         pub store: PostgresStore,
         pub clock: ManualClock,
+        /// Last, so that it is dropped (with the schema) after the store.
+        _schema: TestSchema,
     }
 
     impl Scratch {
         pub async fn new() -> Self {
-            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let schema = TestSchema::new();
             let clock = ManualClock::new(start_time());
-            let store = PostgresStore::connect(
-                &format!("{URL}?schema={schema}"),
-                PostgresOptions {
-                    clock: Arc::new(clock.clone()),
-                    max_connections: 4,
-                    ..PostgresOptions::default()
-                },
-            )
-            .await
-            .expect("the store opens on a scratch schema");
+            let store = schema.open(&clock).await;
             Self {
-                schema,
                 store,
                 clock,
+                _schema: schema,
             }
         }
 
@@ -614,36 +601,6 @@ pub(super) mod tests {
         /// Closes the store, so that a failure to close fails the test.
         pub async fn finish(self) {
             self.store.close().await.expect("the store closes");
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let schema = self.schema.clone();
-            // The test's runtime cannot block on itself: drop the schema from a thread with a
-            // runtime of its own; `lock_timeout` turns a lock left by a failed test into an
-            // error (the schema is then named) instead of a hang.
-            let dropped = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async {
-                        let mut conn = URL
-                            .parse::<PgConnectOptions>()?
-                            .options([("lock_timeout", "10s")])
-                            .connect()
-                            .await?;
-                        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                            .execute(&mut conn)
-                            .await?;
-                        conn.close().await
-                    })
-            })
-            .join();
-            if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop schema {}: {dropped:?}", self.schema);
-            }
         }
     }
 

@@ -38,10 +38,10 @@ const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A schema of its own for one test, dropped when the value is dropped (also when the test
 /// fails).
-struct TestSchema(String);
+pub(super) struct TestSchema(String);
 
 impl TestSchema {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(format!("t_{}", uuid::Uuid::new_v4().simple()))
     }
 
@@ -61,7 +61,7 @@ impl TestSchema {
     }
 
     /// Opens a store (a node) on this schema, through the URL.
-    async fn open(&self, clock: &ManualClock) -> PostgresStore {
+    pub(super) async fn open(&self, clock: &ManualClock) -> PostgresStore {
         PostgresStore::connect(
             &self.url(),
             PostgresOptions {
