@@ -206,7 +206,7 @@ impl PostgresStore {
         let full = out.len() >= max || (kept < waiting.len());
         if !full {
             let budget = options.max_bytes.map(|m| m.saturating_sub(bytes));
-            let fresh = self
+            let (fresh, waiting) = self
                 .materialise(
                     sub,
                     LeaseBudget {
@@ -218,6 +218,11 @@ impl PostgresStore {
                     now,
                 )
                 .await?;
+            if waiting > 0 {
+                // Rows other pullers can lease now (those of other nodes among them, which
+                // found the cursor locked by this materialisation and went back to waiting).
+                self.wake_subscription(sub.id).await?;
+            }
             let (_, surplus) = self
                 .load_leased(sub, &fresh, options.max_bytes, &mut bytes, &mut out)
                 .await?;
@@ -398,7 +403,7 @@ impl PostgresStore {
         sub: &SubscriptionInfo,
         budget: LeaseBudget,
         now: SystemTime,
-    ) -> Result<Vec<LeasedRow>> {
+    ) -> Result<(Vec<LeasedRow>, usize)> {
         let mut tx = self.lease_pool.begin().await.map_err(db_error)?;
         let result = self.materialise_in(&mut tx, sub, budget, now).await;
         finish_tx(tx, result).await
@@ -410,7 +415,7 @@ impl PostgresStore {
         sub: &SubscriptionInfo,
         budget: LeaseBudget,
         now: SystemTime,
-    ) -> Result<Vec<LeasedRow>> {
+    ) -> Result<(Vec<LeasedRow>, usize)> {
         let LeaseBudget {
             messages: want,
             bytes: byte_budget,
@@ -424,7 +429,7 @@ impl PostgresStore {
                 .await
                 .map_err(db_error)?;
         let Some(cursor) = cursor else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
         let cursor: i64 = col(&cursor, "cursor")?;
         let rows = sqlx::query(concat!(
@@ -441,7 +446,7 @@ impl PostgresStore {
         .await
         .map_err(db_error)?;
         let Some(last) = rows.last() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
         let last_looked_at: i64 = col(last, "id")?;
         let ordering = sub.settings.enable_message_ordering;
@@ -572,7 +577,8 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        Ok(leased)
+        let waiting = ids.len() - leased.len();
+        Ok((leased, waiting))
     }
 
     /// Runs a filtered subscription's filter over messages past its cursor (rejected ones are
