@@ -1,0 +1,248 @@
+//! `converge-bench`: converge side by side with NATS JetStream, RabbitMQ, a PostgreSQL queue
+//! and the official Pub/Sub emulator, on the same machine, in the same run, with the same
+//! workloads and the same client-side measurement (issue 8).
+//!
+//! Targets run one after the other (never two servers under load at once): each is started or
+//! connected, runs every selected workload, and is shut down. The results go to stdout as
+//! tables, and to `--out` as `results.md`, `results.json` and `chart.png`.
+//!
+//! `converge-bench --short` runs everything in tiny windows in well under a minute (CI runs it
+//! so the tool never rots); the full run is by hand, see BENCHMARKS.md.
+
+mod chart;
+mod report;
+mod target;
+mod targets;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::report::{Results, Row, TargetInfo};
+use crate::targets::TargetOptions;
+use crate::workload::{Context, Settings, Workload};
+
+/// converge side by side with its peers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Tiny windows, one message size, a 5,000-message backlog: a check that every target
+    /// works, not a measurement
+    #[arg(long)]
+    short: bool,
+    /// Targets to run, comma-separated [default: all]: converge-fsync, converge-os-buffer,
+    /// converge-postgres, emulator, nats, rabbitmq, pgqueue
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Workloads to run, comma-separated [default: all]
+    #[arg(long, value_delimiter = ',', value_enum)]
+    workloads: Vec<Workload>,
+    /// Where results.json, results.md and chart.png go
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// The `converge` binary to spawn [default: target/release/converge, else target/debug/converge]
+    #[arg(long)]
+    converge_bin: Option<PathBuf>,
+    /// The Pub/Sub emulator's start script
+    #[arg(
+        long,
+        default_value = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+    )]
+    emulator_bin: PathBuf,
+    /// PostgreSQL (converge-postgres and pgqueue use schemas of their own in it)
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg_url: String,
+    /// NATS with JetStream
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// RabbitMQ
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Directory on a real disk (not tmpfs) for the data and logs of the servers the tool
+    /// starts [default: <target dir>/converge-bench]
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Measuring window of the throughput and latency workloads [default: 10s, 1s with --short]
+    #[arg(long, value_parser = parse_secs)]
+    duration: Option<Duration>,
+    /// Messages of the backlog workload [default: 1,000,000, 5,000 with --short]
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// Exit with status 1 if a step of a converge target failed (CI runs `--short --strict`, so
+    /// the tool and converge's side of it never rot). Peers' failures are only reported: they
+    /// are the machine's services, not our code.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let s = s.strip_suffix('s').unwrap_or(s);
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "a number of seconds, e.g. 10 or 2.5s".to_owned())
+}
+
+/// The workspace's target directory, as seen from this executable (`target/<profile>/`).
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")))
+}
+
+/// `target/release/converge` if built (figures from a debug build would mean nothing), else
+/// `target/debug/converge`.
+fn default_converge_bin() -> anyhow::Result<PathBuf> {
+    let dir = target_dir();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| dir.join(profile).join("converge"))
+        .find(|p| p.exists())
+        .with_context(|| {
+            format!(
+                "no converge binary under {}: build it with `cargo build --release -p converge-cli` \
+                 or pass --converge-bin",
+                dir.display()
+            )
+        })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let names: Vec<String> = if args.targets.is_empty() {
+        targets::ALL.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.targets.clone()
+    };
+    for n in &names {
+        anyhow::ensure!(
+            targets::ALL.contains(&n.as_str()),
+            "unknown target {n:?}; known: {}",
+            targets::ALL.join(", ")
+        );
+    }
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| args.workloads.is_empty() || args.workloads.contains(w))
+        .collect();
+    let needs_converge = names.iter().any(|n| n.starts_with("converge"));
+    let converge_bin = match (&args.converge_bin, needs_converge) {
+        (Some(p), _) => p.clone(),
+        (None, true) => default_converge_bin()?,
+        (None, false) => PathBuf::new(),
+    };
+    if needs_converge {
+        eprintln!("converge binary: {}", converge_bin.display());
+    }
+    let opts = TargetOptions {
+        pg_url: args.pg_url.clone(),
+        nats_url: args.nats_url.clone(),
+        amqp_url: args.amqp_url.clone(),
+        converge_bin,
+        emulator_bin: args.emulator_bin.clone(),
+        work_dir: args
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| target_dir().join("converge-bench")),
+        short: args.short,
+    };
+    let mut settings = Settings::new(args.short);
+    if let Some(d) = args.duration {
+        settings.duration = d;
+    }
+    if let Some(n) = args.backlog {
+        settings.backlog = n;
+    }
+    // Touch the epoch now, so that every stamp counts from before the first message.
+    let _ = workload::epoch();
+
+    let bar = ProgressBar::new((names.len() * workloads.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut results = Results {
+        short: args.short,
+        targets: Vec::new(),
+        rows: Vec::new(),
+    };
+    let with_startup = workloads.contains(&Workload::Startup);
+    for name in &names {
+        bar.set_message(format!("{name}: starting"));
+        let target = match targets::build(name, &opts).await {
+            Ok(t) => t,
+            Err(e) => {
+                bar.println(format!("{name}: cannot start: {e:#}"));
+                for w in &workloads {
+                    results.rows.push(Row {
+                        workload: w.id().to_owned(),
+                        case: "-".to_owned(),
+                        target: name.clone(),
+                        durability: crate::target::Durability::Memory,
+                        figures: Vec::new(),
+                        error: Some(format!("cannot start: {e:#}")),
+                    });
+                }
+                bar.inc(workloads.len() as u64);
+                continue;
+            }
+        };
+        results.targets.push(TargetInfo {
+            name: target.name(),
+            durability: target.durability(),
+        });
+        let mut ctx = Context::new(settings.clone(), with_startup);
+        for &w in &workloads {
+            bar.set_message(format!("{name}: {}", w.id()));
+            let rows = workload::run(w, target.as_ref(), &mut ctx).await;
+            for r in &rows {
+                if let Some(e) = &r.error {
+                    bar.println(format!("{name} {} ({}): {e}", r.workload, r.case));
+                }
+            }
+            results.rows.extend(rows);
+            bar.inc(1);
+        }
+        bar.set_message(format!("{name}: stopping"));
+        if let Err(e) = target.shutdown().await {
+            bar.println(format!("{name}: shutdown: {e:#}"));
+        }
+    }
+    bar.finish_and_clear();
+
+    println!("{}", report::markdown(&results));
+    report::write(&results, &args.out)
+        .with_context(|| format!("writing results to {}", args.out.display()))?;
+    let chart = args.out.join("chart.png");
+    match chart::render(&results, &chart) {
+        Ok(()) => eprintln!(
+            "wrote {}, {} and {}",
+            args.out.join("results.md").display(),
+            args.out.join("results.json").display(),
+            chart.display()
+        ),
+        Err(e) => eprintln!("no chart: {e:#}"),
+    }
+    let failed: Vec<String> = results
+        .rows
+        .iter()
+        .filter(|r| r.target.starts_with("converge") && r.error.is_some())
+        .map(|r| format!("{} {} ({})", r.target, r.workload, r.case))
+        .collect();
+    if args.strict && !failed.is_empty() {
+        anyhow::bail!("converge steps failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
