@@ -55,3 +55,28 @@ pub async fn build(name: &str, opts: &TargetOptions) -> anyhow::Result<Box<dyn T
         other => anyhow::bail!("unknown target {other:?}; known: {}", ALL.join(", ")),
     }
 }
+
+/// What the targets' own tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::target::Consumer;
+
+    /// Drains `n` messages from `consumer`, failing if it stalls for 10 s.
+    pub(crate) async fn drain(consumer: &mut dyn Consumer, n: usize) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let batch = consumer
+                .receive(300, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(!batch.is_empty(), "stalled after {} of {n}", got.len());
+            assert!(batch.len() <= 300);
+            got.extend(batch);
+        }
+        got
+    }
+}

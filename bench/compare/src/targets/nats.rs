@@ -506,6 +506,7 @@ fn vm_rss(proc_dir: &std::path::Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::test_support::drain;
 
     fn options() -> TargetOptions {
         TargetOptions {
@@ -517,21 +518,6 @@ mod tests {
             work_dir: std::env::temp_dir(),
             short: true,
         }
-    }
-
-    /// Drains `n` messages from `consumer`, failing if it stalls for 10 s.
-    async fn drain(consumer: &mut dyn Consumer, n: usize) -> Vec<Bytes> {
-        let mut got = Vec::new();
-        while got.len() < n {
-            let batch = consumer
-                .receive(300, Duration::from_secs(10))
-                .await
-                .unwrap();
-            assert!(!batch.is_empty(), "stalled after {} of {n}", got.len());
-            assert!(batch.len() <= 300);
-            got.extend(batch);
-        }
-        got
     }
 
     /// Every published message reaches each of two subscriptions once, with its payload intact;
