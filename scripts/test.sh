@@ -28,11 +28,12 @@ CONVERGE_TEST_STORE=postgres cargo nextest run -p converge-cli --locked --profil
   -E 'binary(grpc_semantics) | binary(push) | binary(push_auth) | binary(rest_api) | binary(schemas_iam) | binary(snapshots_seek) | binary(streaming_pull) | binary(cli)'
 
 step "the side-by-side benchmark, short mode (converge beside NATS, RabbitMQ, a PostgreSQL queue, the emulator)"
-# Under a minute, tiny windows: it proves the tool and every target still work, not the figures
+# About a minute, tiny windows: it proves the tool and every target still work, not the figures
 # (those come from the full run recorded in BENCHMARKS.md). --strict fails on a converge step.
+# --spawn: private NATS, RabbitMQ and PostgreSQL servers, as in the full run (start-up needs them).
 cargo build -q --locked -p converge-bench
 "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/converge-bench" \
-  --short --strict --out target/bench-short
+  --short --strict --spawn nats,rabbitmq,postgres --out target/bench-short
 
 step "doc tests"
 cargo test --workspace --doc --locked

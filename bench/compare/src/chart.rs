@@ -7,6 +7,8 @@
 //! the best peer of its group with the same durability, like for like ("2.1× better than nats
 //! [os-buffer]"; any peer when none has that durability). A group's title says whether higher or
 //! lower is better; a target's label says when it confirms a publish (`[fsync]`, `[os-buffer]`).
+//! With `--rounds`, a bar is the median of the rounds and a thin whisker over it spans the lowest
+//! to the highest round.
 //!
 //! Text is drawn with DejaVu Sans loaded at run time ([`FONT_PATH`]); without it the chart is
 //! still drawn, without any text, rather than failing the run at its very end.
@@ -20,7 +22,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, register_font};
 
-use crate::report::Results;
+use crate::report::{Results, Spread};
 use crate::target::Durability;
 
 /// The regular face of the chart's text.
@@ -68,6 +70,11 @@ const PANEL_BORDER: RGBColor = RGBColor(0xd0, 0xd7, 0xde);
 const BETTER: RGBColor = RGBColor(0x1a, 0x7f, 0x37);
 const WORSE: RGBColor = RGBColor(0xcf, 0x22, 0x2e);
 const FAILED: RGBColor = RGBColor(0xbc, 0x4c, 0x00);
+/// The whiskers showing the range over rounds: dark enough to read over converge's colours and
+/// over the peers' greys alike, and unlike any bar's colour.
+const WHISKER: RGBColor = RGBColor(0x30, 0x30, 0x30);
+/// How far a whisker's end ticks reach above and below the bar's middle line.
+const WHISKER_TICK: i32 = 5;
 
 /// Draws `results` as a PNG at `path`.
 pub fn render(results: &Results, path: &Path) -> anyhow::Result<()> {
@@ -136,6 +143,8 @@ struct Bar {
     value: Option<f64>,
     /// Why there is no value.
     error: Option<String>,
+    /// The range over the rounds, when more than one measured the value.
+    spread: Option<Spread>,
 }
 
 impl Bar {
@@ -186,6 +195,7 @@ fn panels(results: &Results) -> Vec<Panel> {
                 durability: row.durability,
                 value: Some(figure.value),
                 error: None,
+                spread: figure.spread,
             });
         }
     }
@@ -201,6 +211,7 @@ fn panels(results: &Results) -> Vec<Panel> {
                     durability: row.durability,
                     value: None,
                     error: row.error.clone(),
+                    spread: None,
                 });
             }
         }
@@ -361,6 +372,12 @@ fn draw<DB: DrawingBackend>(
     if results.short {
         note.push_str("  SHORT RUN: tiny windows, figures indicative only.");
     }
+    if results.rounds > 1 {
+        note.push_str(&format!(
+            "  Bars: medians of {} rounds; whiskers: lowest to highest round.",
+            results.rounds
+        ));
+    }
     pen.write(&note, (MARGIN, MARGIN + 62), 15.0, false, MUTED, left)?;
 
     let (at, _) = placements(panels);
@@ -422,7 +439,18 @@ fn draw_panel<DB: DrawingBackend>(
             .filter_map(|b| b.value)
             .filter(|v| v.is_finite())
             .collect();
-        let max = values.iter().copied().fold(0.0_f64, f64::max);
+        // A whisker may reach past the longest bar: the scale makes room for it.
+        let whisker_ends = group
+            .bars
+            .iter()
+            .filter_map(|b| b.spread)
+            .map(|s| s.max)
+            .filter(|v| v.is_finite());
+        let max = values
+            .iter()
+            .copied()
+            .chain(whisker_ends)
+            .fold(0.0_f64, f64::max);
         let best = if group.higher_is_better {
             values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
         } else {
@@ -467,7 +495,12 @@ fn draw_panel<DB: DrawingBackend>(
                 ))
                 .map_err(drawing)?;
             }
-            let mut text_x = bars_x + width + 6;
+            let mut right = bars_x + width;
+            if let Some(spread) = bar.spread {
+                right = right.max(draw_whisker(root, spread, max, bars_x, middle)?);
+            }
+            // The value goes right of the bar or of its whisker, whichever ends further.
+            let mut text_x = right + 6;
             text_x += pen.write(
                 &format_value(value),
                 (text_x, middle),
@@ -502,6 +535,48 @@ fn draw_panel<DB: DrawingBackend>(
         top += GROUP_GAP;
     }
     Ok(())
+}
+
+/// Draws the range of `spread` over a bar whose middle line is at `middle`, in a group scaled
+/// to `max`: a line from the lowest round to the highest with a short tick at each end, so the
+/// reader sees how much the rounds disagreed. Returns where it ends on the right.
+fn draw_whisker<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    spread: Spread,
+    max: f64,
+    bars_x: i32,
+    middle: i32,
+) -> anyhow::Result<i32> {
+    let (low, high) = whisker_span(spread, max, bars_x);
+    // Filled rectangles rather than strokes: crisp, exactly two pixels thick.
+    let parts = [
+        [(low, middle - 1), (high, middle + 1)],
+        [
+            (low - 1, middle - WHISKER_TICK),
+            (low + 1, middle + WHISKER_TICK),
+        ],
+        [
+            (high - 1, middle - WHISKER_TICK),
+            (high + 1, middle + WHISKER_TICK),
+        ],
+    ];
+    for corners in parts {
+        root.draw(&Rectangle::new(corners, WHISKER.filled()))
+            .map_err(drawing)?;
+    }
+    Ok(high + 1)
+}
+
+/// The x of a whisker's two ends, on the scale of the bars (see [`bar_width`]); a bound that is
+/// not a number sits at the start of the bar area.
+fn whisker_span(spread: Spread, max: f64, bars_x: i32) -> (i32, i32) {
+    let at = |v: f64| {
+        if !v.is_finite() {
+            return bars_x;
+        }
+        bars_x + bar_width(v, max)
+    };
+    (at(spread.min), at(spread.max))
 }
 
 /// Pixels for `value` in a group whose longest bar is `max`.
@@ -607,7 +682,7 @@ fn workload_title(workload: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Figure, Row, TargetInfo};
+    use crate::report::{Figure, Row, Spread, TargetInfo};
 
     fn target(name: &str, durability: Durability) -> TargetInfo {
         TargetInfo {
@@ -628,9 +703,11 @@ mod tests {
                     name: name.to_owned(),
                     value,
                     higher_is_better,
+                    spread: None,
                 })
                 .collect(),
             error: None,
+            failed_rounds: Vec::new(),
         }
     }
 
@@ -714,11 +791,69 @@ mod tests {
                 rows.push(skipped);
             }
         }
+        // Three rounds, as `--rounds 3` would give: a few bars carry their range, over a
+        // converge colour and over a peer's grey, for higher- and lower-is-better figures.
+        for (target, workload, case, figure, min, max) in [
+            (
+                "converge-fsync",
+                "publish",
+                "16 pub, 1024 B",
+                "msg/s",
+                120_000.0,
+                171_000.0,
+            ),
+            (
+                "nats",
+                "publish",
+                "16 pub, 1024 B",
+                "msg/s",
+                190_000.0,
+                232_000.0,
+            ),
+            (
+                "converge-os-buffer",
+                "latency",
+                "1024 B at 50% max",
+                "p99 ms",
+                1.9,
+                2.6,
+            ),
+        ] {
+            let row = rows
+                .iter_mut()
+                .find(|r| r.target == target && r.workload == workload && r.case == case)
+                .expect("the sample has the row");
+            let figure = row
+                .figures
+                .iter_mut()
+                .find(|f| f.name == figure)
+                .expect("the row has the figure");
+            figure.spread = Some(Spread {
+                min,
+                max,
+                rounds: 3,
+            });
+        }
         Results {
             short: false,
+            rounds: 3,
             targets,
             rows,
         }
+    }
+
+    /// Draws `results` without text into memory: the RGB pixels, the width and the height.
+    fn pixels(results: &Results) -> (Vec<u8>, u32, u32) {
+        let panels = panels(results);
+        let (w, h) = (WIDTH as u32, chart_height(&panels) as u32);
+        let mut buffer = vec![0u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+            // Without text: only the bars and whiskers carry their colours then.
+            draw(&root, results, &panels, false).unwrap();
+            root.present().unwrap();
+        }
+        (buffer, w, h)
     }
 
     /// Renders the sample to `target/converge-bench-sample-chart.png`, to look at by eye, and
@@ -741,21 +876,14 @@ mod tests {
         let nats = target("nats", Durability::AfterOsBuffer);
         let results = Results {
             short: true,
+            rounds: 1,
             targets: vec![converge.clone(), nats.clone()],
             rows: vec![
                 row("publish", "1 pub", &converge, &[("msg/s", 300.0, true)]),
                 row("publish", "1 pub", &nats, &[("msg/s", 100.0, true)]),
             ],
         };
-        let panels = panels(&results);
-        let (w, h) = (WIDTH as u32, chart_height(&panels) as u32);
-        let mut buffer = vec![0u8; (w * h * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
-            // Without text: only the bars carry these colours then.
-            draw(&root, &results, &panels, false).unwrap();
-            root.present().unwrap();
-        }
+        let (buffer, w, h) = pixels(&results);
         let widest_run = |color: RGBColor| {
             (0..h)
                 .map(|y| {
@@ -782,6 +910,70 @@ mod tests {
             (converge_w / nats_w - 3.0).abs() < 0.05,
             "bar lengths {converge_w} and {nats_w} are not 3:1"
         );
+    }
+
+    /// A bar with a spread gets a whisker from its lowest to its highest round, across the
+    /// middle of that bar only, and the group's scale makes room for the whisker's end.
+    #[test]
+    fn whisker_spans_the_rounds() {
+        let converge = target("converge-fsync", Durability::AfterFsync);
+        let nats = target("nats", Durability::AfterOsBuffer);
+        let mut measured = row("publish", "1 pub", &converge, &[("msg/s", 300.0, true)]);
+        measured.figures[0].spread = Some(Spread {
+            min: 200.0,
+            max: 400.0,
+            rounds: 3,
+        });
+        let results = Results {
+            short: false,
+            rounds: 3,
+            targets: vec![converge.clone(), nats.clone()],
+            rows: vec![
+                measured,
+                row("publish", "1 pub", &nats, &[("msg/s", 100.0, true)]),
+            ],
+        };
+        let (buffer, w, h) = pixels(&results);
+        let at = |x: u32, y: u32, color: RGBColor| {
+            let i = ((y * w + x) * 3) as usize;
+            buffer[i..i + 3] == [color.0, color.1, color.2]
+        };
+        let whisker: Vec<(i32, i32)> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .filter(|&(x, y)| at(x, y, WHISKER))
+            .map(|(x, y)| (x as i32, y as i32))
+            .collect();
+        assert!(!whisker.is_empty(), "no whisker drawn");
+        let left = whisker.iter().map(|p| p.0).min().unwrap();
+        let right = whisker.iter().map(|p| p.0).max().unwrap();
+        let upper = whisker.iter().map(|p| p.1).min().unwrap();
+        let lower = whisker.iter().map(|p| p.1).max().unwrap();
+        // The first panel's first bar: 400 (the whisker's end) fills the bar area, so the
+        // whisker runs from half of it (200) to all of it.
+        let bars_x = MARGIN + LABEL_W;
+        let top = MARGIN + HEADER_H + PANEL_TITLE_H + GROUP_TITLE_H;
+        let middle = top + BAR_H / 2;
+        let near = |got: i32, want: i32| (got - want).abs() <= 1;
+        assert!(near(left, bars_x + BAR_MAX_W / 2), "starts at {left}");
+        assert!(near(right, bars_x + BAR_MAX_W), "ends at {right}");
+        assert!(near(upper, middle - WHISKER_TICK), "top at {upper}");
+        assert!(near(lower, middle + WHISKER_TICK), "bottom at {lower}");
+        assert!(upper >= top && lower <= top + BAR_H, "outside its bar");
+        // The line between the ticks, on the middle row.
+        let line = (left..=right)
+            .filter(|&x| at(x as u32, middle as u32, WHISKER))
+            .count() as i32;
+        assert!(line >= right - left, "broken line: {line} pixels");
+        // The bar is the median, 300 of 400: three quarters of the area, measured on a row
+        // of the bar the whisker does not cross.
+        let bar = (0..w)
+            .filter(|&x| at(x, top as u32 + 1, target_color(&results, "converge-fsync")))
+            .count() as f64;
+        let expected = 0.75 * f64::from(BAR_MAX_W);
+        assert!((bar - expected).abs() <= 1.0, "bar {bar}, not {expected}");
+        // The peer's bar has no spread, so no whisker on its row.
+        let nats_middle = middle + BAR_H + BAR_GAP;
+        assert!(lower < nats_middle - WHISKER_TICK);
     }
 
     /// Failed steps show in every group of their case; bars follow the run's target order.
@@ -842,6 +1034,7 @@ mod tests {
             durability,
             value: Some(value),
             error: None,
+            spread: None,
         };
         let group = Group {
             case: "1 pub".to_owned(),

@@ -10,6 +10,7 @@
 //! so the tool never rots); the full run is by hand, see BENCHMARKS.md.
 
 mod chart;
+mod process;
 mod report;
 mod target;
 mod targets;
@@ -23,6 +24,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::report::{Results, Row, TargetInfo};
+use crate::target::Target;
 use crate::targets::TargetOptions;
 use crate::workload::{Context, Settings, Workload};
 
@@ -41,6 +43,23 @@ struct Args {
     /// Workloads to run, comma-separated [default: all]
     #[arg(long, value_delimiter = ',', value_enum)]
     workloads: Vec<Workload>,
+    /// Peers the tool starts privately, comma-separated: nats, rabbitmq, postgres (fresh data,
+    /// free ports, stock settings) instead of using the machine's servers. Only those have a
+    /// start-up time.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    spawn: Vec<targets::Peer>,
+    /// How many times every step runs (targets interleaved round by round); figures are the
+    /// medians, with the spread. The backlog and start-up workloads run in the first round only.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
+    /// Gives up on a step that runs longer than this, and on the rest of that target's steps
+    /// in the round (its server may be wedged) [default: 300s, 60s with --short]
+    #[arg(long, value_parser = parse_secs)]
+    step_timeout: Option<Duration>,
+    /// The common rate of the like-for-like latency case, in messages per second, on top of
+    /// each target's own 50% of maximum [default: 5000, 1000 with --short]
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Where results.json, results.md and chart.png go
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -116,6 +135,19 @@ fn default_converge_bin() -> anyhow::Result<PathBuf> {
         })
 }
 
+/// The row of a step that produced no figures.
+fn failed_row(workload: &str, target: &dyn Target, error: String) -> Row {
+    Row {
+        workload: workload.to_owned(),
+        case: "-".to_owned(),
+        target: target.name(),
+        durability: target.durability(),
+        figures: Vec::new(),
+        error: Some(error),
+        failed_rounds: Vec::new(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -155,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| target_dir().join("converge-bench")),
         short: args.short,
+        spawn: args.spawn.clone(),
     };
     let mut settings = Settings::new(args.short);
     if let Some(d) = args.duration {
@@ -163,64 +196,113 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.backlog {
         settings.backlog = n;
     }
+    if let Some(rate) = args.latency_rate {
+        anyhow::ensure!(rate > 0.0, "--latency-rate must be above 0");
+        settings.latency_rate = rate;
+    }
+    let step_timeout = args.step_timeout.unwrap_or(if args.short {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(300)
+    });
     // Touch the epoch now, so that every stamp counts from before the first message.
     let _ = workload::epoch();
 
-    let bar = ProgressBar::new((names.len() * workloads.len()) as u64);
+    let rounds = usize::from(args.rounds);
+    let heavy = |w: &Workload| matches!(w, Workload::Backlog | Workload::Startup);
+    let steps_per_round =
+        |round: usize| workloads.iter().filter(|w| round == 1 || !heavy(w)).count();
+    let steps: usize = (1..=rounds).map(|r| names.len() * steps_per_round(r)).sum();
+    let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut results = Results {
-        short: args.short,
-        targets: Vec::new(),
-        rows: Vec::new(),
-    };
+    let mut targets_seen: Vec<TargetInfo> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let with_startup = workloads.contains(&Workload::Startup);
-    for name in &names {
-        bar.set_message(format!("{name}: starting"));
-        let target = match targets::build(name, &opts).await {
-            Ok(t) => t,
-            Err(e) => {
-                bar.println(format!("{name}: cannot start: {e:#}"));
-                for w in &workloads {
-                    results.rows.push(Row {
-                        workload: w.id().to_owned(),
-                        case: "-".to_owned(),
-                        target: name.clone(),
-                        durability: crate::target::Durability::Memory,
-                        figures: Vec::new(),
-                        error: Some(format!("cannot start: {e:#}")),
-                    });
-                }
-                bar.inc(workloads.len() as u64);
-                continue;
+    for round in 1..=rounds {
+        let round_workloads: Vec<Workload> = workloads
+            .iter()
+            .copied()
+            .filter(|w| round == 1 || !heavy(w))
+            .collect();
+        let label = |name: &str| {
+            if rounds > 1 {
+                format!("round {round}/{rounds} {name}")
+            } else {
+                name.to_owned()
             }
         };
-        results.targets.push(TargetInfo {
-            name: target.name(),
-            durability: target.durability(),
-        });
-        let mut ctx = Context::new(settings.clone(), with_startup);
-        for &w in &workloads {
-            bar.set_message(format!("{name}: {}", w.id()));
-            let rows = workload::run(w, target.as_ref(), &mut ctx).await;
-            for r in &rows {
-                if let Some(e) = &r.error {
-                    bar.println(format!("{name} {} ({}): {e}", r.workload, r.case));
+        for name in &names {
+            bar.set_message(format!("{}: starting", label(name)));
+            let target = match targets::build(name, &opts).await {
+                Ok(t) => t,
+                Err(e) => {
+                    bar.println(format!("{}: cannot start: {e:#}", label(name)));
+                    for w in &round_workloads {
+                        rows.push(Row {
+                            workload: w.id().to_owned(),
+                            case: "-".to_owned(),
+                            target: name.clone(),
+                            durability: crate::target::Durability::Memory,
+                            figures: Vec::new(),
+                            error: Some(format!("cannot start: {e:#}")),
+                            failed_rounds: Vec::new(),
+                        });
+                    }
+                    bar.inc(round_workloads.len() as u64);
+                    continue;
                 }
+            };
+            if !targets_seen.iter().any(|t| t.name == target.name()) {
+                targets_seen.push(TargetInfo {
+                    name: target.name(),
+                    durability: target.durability(),
+                });
             }
-            results.rows.extend(rows);
-            bar.inc(1);
-        }
-        bar.set_message(format!("{name}: stopping"));
-        if let Err(e) = target.shutdown().await {
-            bar.println(format!("{name}: shutdown: {e:#}"));
+            let mut ctx = Context::new(settings.clone(), with_startup);
+            let mut gave_up: Option<String> = None;
+            for &w in &round_workloads {
+                bar.set_message(format!("{}: {}", label(name), w.id()));
+                if let Some(why) = &gave_up {
+                    rows.push(failed_row(w.id(), target.as_ref(), why.clone()));
+                    bar.inc(1);
+                    continue;
+                }
+                let step_rows =
+                    match workload::run_with_timeout(w, target.as_ref(), &mut ctx, step_timeout)
+                        .await
+                    {
+                        Ok(step_rows) => step_rows,
+                        Err(step_rows) => {
+                            gave_up = Some(format!("skipped: {} timed out before it", w.id()));
+                            step_rows
+                        }
+                    };
+                for r in &step_rows {
+                    if let Some(e) = &r.error {
+                        bar.println(format!("{} {} ({}): {e}", label(name), r.workload, r.case));
+                    }
+                }
+                rows.extend(step_rows);
+                bar.inc(1);
+            }
+            bar.set_message(format!("{}: stopping", label(name)));
+            if let Err(e) = target.shutdown().await {
+                bar.println(format!("{}: shutdown: {e:#}", label(name)));
+            }
         }
     }
     bar.finish_and_clear();
+    let results = Results {
+        short: args.short,
+        rounds,
+        targets: targets_seen,
+        rows: report::aggregate(rows),
+    };
 
     println!("{}", report::markdown(&results));
     report::write(&results, &args.out)
@@ -238,7 +320,9 @@ async fn main() -> anyhow::Result<()> {
     let failed: Vec<String> = results
         .rows
         .iter()
-        .filter(|r| r.target.starts_with("converge") && r.error.is_some())
+        .filter(|r| {
+            r.target.starts_with("converge") && (r.error.is_some() || !r.failed_rounds.is_empty())
+        })
         .map(|r| format!("{} {} ({})", r.target, r.workload, r.case))
         .collect();
     if args.strict && !failed.is_empty() {

@@ -55,7 +55,7 @@ pub trait Target: Send + Sync {
     /// A fresh queue for one workload run.
     async fn queue(&self, spec: &QueueSpec) -> anyhow::Result<Box<dyn Queue>>;
     /// Resident memory of the server process in bytes, when the tool knows its pid.
-    fn server_rss(&self) -> Option<u64> {
+    fn server_memory(&self) -> Option<u64> {
         None
     }
     /// Stops and starts the server again on the same data and returns how long it took until

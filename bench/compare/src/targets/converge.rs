@@ -6,9 +6,8 @@
 //! unary `Publish` of the whole batch per call, and `StreamingPull` with each message acked on
 //! the stream as it arrives. The server process ([`Server`]) is shared too.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
@@ -20,22 +19,17 @@ use googleapis_tonic_google_pubsub_v1::google::pubsub::v1::{
     DeleteSubscriptionRequest, DeleteTopicRequest, PublishRequest, PubsubMessage,
     StreamingPullRequest, Subscription, Topic,
 };
-use tokio::process::{Child, Command};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::process::{Probe, Server, ServerSpec, free_port, http_ok};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
-use crate::targets::TargetOptions;
+use crate::targets::postgres_server::PgServer;
+use crate::targets::{Peer, TargetOptions};
 
 /// The project every bench topic and subscription lives in.
 const PROJECT: &str = "bench";
-/// How long a server may take to become ready (PostgreSQL migrations, a large backlog, a JVM).
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often readiness is polled while waiting; bounds the start-up time's resolution.
-const READY_POLL: Duration = Duration::from_millis(5);
-/// How long a SIGTERM'd server may take to exit before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages per Publish call at most (the Pub/Sub API's limit).
 const MAX_PUBLISH_MESSAGES: usize = 1000;
 /// Messages a StreamingPull stream may have delivered and not yet acked (flow control).
@@ -56,13 +50,20 @@ pub enum Flavour {
 
 /// Spawns the server and waits until it is ready.
 pub async fn start(flavour: Flavour, opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
+    // With `--spawn postgres`, the store is a private cluster of its own, with the same stock
+    // settings as the PostgreSQL queue's.
+    let postgres = match flavour {
+        Flavour::Postgres if opts.spawns(Peer::Postgres) => Some(PgServer::start(opts).await?),
+        _ => None,
+    };
+    let pg_url = match &postgres {
+        Some(server) => server.url.clone(),
+        None => opts.pg_url.clone(),
+    };
     let (name, durability) = match flavour {
         Flavour::Fsync => ("converge-fsync", Durability::AfterFsync),
         Flavour::OsBuffer => ("converge-os-buffer", Durability::AfterOsBuffer),
-        Flavour::Postgres => (
-            "converge-postgres",
-            postgres_durability(&opts.pg_url).await?,
-        ),
+        Flavour::Postgres => ("converge-postgres", postgres_durability(&pg_url).await?),
     };
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
@@ -104,24 +105,28 @@ pub async fn start(flavour: Flavour, opts: &TargetOptions) -> anyhow::Result<Box
         }
         Flavour::Postgres => {
             let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            let sep = if opts.pg_url.contains('?') { '&' } else { '?' };
+            let sep = if pg_url.contains('?') { '&' } else { '?' };
             args.push("--store".into());
-            args.push(format!("{}{sep}schema={name}", opts.pg_url));
+            args.push(format!("{pg_url}{sep}schema={name}"));
             schema = Some(name);
         }
     }
     let log = opts.work_dir.join(format!("{name}-{port}.log"));
-    let spec = ServerSpec {
-        program: opts.converge_bin.clone(),
-        args,
-        log,
-        ready: Ready::Http(format!("http://{listen}/readyz")),
-    };
+    let mut spec = ServerSpec::new(name, opts.converge_bin.clone(), args, log);
+    spec.ready = http_ok(format!("http://{listen}/readyz"));
+    spec.env_remove = [
+        "CONVERGE_DATA_DIR",
+        "CONVERGE_LISTEN",
+        "CONVERGE_STORE_URL",
+        "RUST_LOG",
+    ]
+    .map(str::to_owned)
+    .into();
     let server = match Server::start(spec).await {
         Ok(server) => server,
         Err(e) => {
             if let Some(schema) = &schema {
-                drop_schema(&opts.pg_url, schema).await.ok();
+                drop_schema(&pg_url, schema).await.ok();
             }
             return Err(e);
         }
@@ -133,7 +138,8 @@ pub async fn start(flavour: Flavour, opts: &TargetOptions) -> anyhow::Result<Box
         server,
         _data_dir: data_dir,
         schema,
-        pg_url: opts.pg_url.clone(),
+        pg_url,
+        postgres,
     }))
 }
 
@@ -148,6 +154,8 @@ struct ConvergeTarget {
     /// The PostgreSQL schema to drop at shutdown.
     schema: Option<String>,
     pg_url: String,
+    /// The private cluster of `--spawn postgres`, stopped after the server.
+    postgres: Option<PgServer>,
 }
 
 #[async_trait]
@@ -164,8 +172,8 @@ impl Target for ConvergeTarget {
         Ok(Box::new(GrpcQueue::create(&self.endpoint, spec).await?))
     }
 
-    fn server_rss(&self) -> Option<u64> {
-        self.server.rss()
+    fn server_memory(&self) -> Option<u64> {
+        self.server.memory()
     }
 
     async fn restart(&self) -> anyhow::Result<Option<Duration>> {
@@ -174,7 +182,10 @@ impl Target for ConvergeTarget {
 
     async fn shutdown(&self) -> anyhow::Result<()> {
         let stopped = self.server.shutdown().await;
-        if let Some(schema) = &self.schema {
+        if let Some(postgres) = &self.postgres {
+            // The whole cluster goes, schema and all.
+            postgres.shutdown().await?;
+        } else if let Some(schema) = &self.schema {
             drop_schema(&self.pg_url, schema).await?;
         }
         stopped
@@ -213,191 +224,26 @@ async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A port nobody listens on right now (the OS picks it; the server binds it a moment later).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// How to tell that a spawned server serves.
-#[derive(Debug, Clone)]
-pub(crate) enum Ready {
-    /// This URL answers 200 (`/readyz`).
-    Http(String),
-    /// A gRPC `ListTopics` on this address succeeds.
-    Grpc(String),
-}
-
-impl Ready {
-    async fn check(&self, http: &reqwest::Client) -> bool {
-        match self {
-            Self::Http(url) => http
-                .get(url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success()),
-            Self::Grpc(address) => {
-                let Ok(endpoint) = Endpoint::parse(address) else {
-                    return false;
+/// A probe that is ready when a gRPC `ListTopics` on `address` succeeds (the emulator has no
+/// health endpoint).
+pub(crate) fn grpc_ready(address: String) -> Probe {
+    Arc::new(move || {
+        let address = address.clone();
+        Box::pin(async move {
+            let Ok(endpoint) = Endpoint::parse(&address) else {
+                return false;
+            };
+            let Ok(client) = Client::connect(endpoint).await else {
+                return false;
+            };
+            let request =
+                googleapis_tonic_google_pubsub_v1::google::pubsub::v1::ListTopicsRequest {
+                    project: format!("projects/{PROJECT}"),
+                    ..Default::default()
                 };
-                let Ok(client) = Client::connect(endpoint).await else {
-                    return false;
-                };
-                let request =
-                    googleapis_tonic_google_pubsub_v1::google::pubsub::v1::ListTopicsRequest {
-                        project: format!("projects/{PROJECT}"),
-                        ..Default::default()
-                    };
-                client.publisher_stub().list_topics(request).await.is_ok()
-            }
-        }
-    }
-}
-
-/// What [`Server`] runs.
-#[derive(Debug, Clone)]
-pub(crate) struct ServerSpec {
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    /// stdout and stderr go here (appended across restarts).
-    pub log: PathBuf,
-    pub ready: Ready,
-}
-
-/// A server process the tool started; killed if dropped.
-pub(crate) struct Server {
-    spec: ServerSpec,
-    child: Mutex<Option<Child>>,
-    pid: std::sync::Mutex<Option<u32>>,
-}
-
-impl Server {
-    /// Spawns it and waits until it is ready.
-    pub(crate) async fn start(spec: ServerSpec) -> anyhow::Result<Self> {
-        let server = Self {
-            spec,
-            child: Mutex::new(None),
-            pid: std::sync::Mutex::new(None),
-        };
-        server.spawn_and_wait().await?;
-        Ok(server)
-    }
-
-    /// Spawns the process and returns how long it took until it was ready.
-    async fn spawn_and_wait(&self) -> anyhow::Result<Duration> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.spec.log)
-            .with_context(|| format!("opening {}", self.spec.log.display()))?;
-        let started = Instant::now();
-        let mut child = Command::new(&self.spec.program)
-            .args(&self.spec.args)
-            .env_remove("CONVERGE_DATA_DIR")
-            .env_remove("CONVERGE_LISTEN")
-            .env_remove("CONVERGE_STORE_URL")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", self.spec.program.display()))?;
-        *self.pid.lock().expect("pid lock") = child.id();
-        let http = reqwest::Client::new();
-        loop {
-            if self.spec.ready.check(&http).await {
-                break;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{} exited ({status}) before it was ready; its log ends:\n{}",
-                    self.spec.program.display(),
-                    log_tail(&self.spec.log)
-                );
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                child.kill().await.ok();
-                bail!(
-                    "{} was not ready within {READY_TIMEOUT:?}; its log ends:\n{}",
-                    self.spec.program.display(),
-                    log_tail(&self.spec.log)
-                );
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-        let took = started.elapsed();
-        *self.child.lock().await = Some(child);
-        Ok(took)
-    }
-
-    /// Resident memory (VmRSS) of the process in bytes.
-    pub(crate) fn rss(&self) -> Option<u64> {
-        let pid = (*self.pid.lock().expect("pid lock"))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    }
-
-    /// SIGTERM, wait for the exit (kill after [`STOP_TIMEOUT`]); errors if it did not exit
-    /// cleanly.
-    pub(crate) async fn stop(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.lock().await.take() else {
-            return Ok(());
-        };
-        *self.pid.lock().expect("pid lock") = None;
-        if let Some(pid) = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-                .context("sending SIGTERM")?;
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                // A JVM ends with 143 on SIGTERM: that is a clean stop too.
-                if !status.success() && status.code() != Some(143) {
-                    bail!(
-                        "{} ended with {status} after SIGTERM; its log ends:\n{}",
-                        self.spec.program.display(),
-                        log_tail(&self.spec.log)
-                    );
-                }
-                Ok(())
-            }
-            Err(_) => {
-                child.kill().await.ok();
-                bail!(
-                    "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM",
-                    self.spec.program.display()
-                )
-            }
-        }
-    }
-
-    /// Stops it for good; its log is removed when it stopped cleanly (kept to explain a failure).
-    pub(crate) async fn shutdown(&self) -> anyhow::Result<()> {
-        self.stop().await?;
-        std::fs::remove_file(&self.spec.log).ok();
-        Ok(())
-    }
-
-    /// Stops it and starts it again; returns the time from spawn to ready.
-    pub(crate) async fn restart(&self) -> anyhow::Result<Duration> {
-        self.stop().await?;
-        self.spawn_and_wait().await
-    }
-}
-
-/// The last lines of a server log, to explain a failure.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+            client.publisher_stub().list_topics(request).await.is_ok()
+        })
+    })
 }
 
 /// A topic with `subscriptions` subscriptions on a Pub/Sub-compatible gRPC server.

@@ -5,9 +5,10 @@
 
 use async_trait::async_trait;
 
+use crate::process::{Server, ServerSpec, free_port};
 use crate::target::{Durability, Queue, QueueSpec, Target};
 use crate::targets::TargetOptions;
-use crate::targets::converge::{GrpcQueue, Ready, Server, ServerSpec, free_port};
+use crate::targets::converge::{GrpcQueue, grpc_ready};
 
 /// Spawns the emulator on a free port and waits until it answers gRPC.
 pub async fn start(opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
@@ -20,12 +21,15 @@ pub async fn start(opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
     std::fs::create_dir_all(&opts.work_dir)?;
     let port = free_port()?;
     let endpoint = format!("127.0.0.1:{port}");
-    let spec = ServerSpec {
-        program: opts.emulator_bin.clone(),
-        args: vec!["--host=127.0.0.1".into(), format!("--port={port}")],
-        log: opts.work_dir.join(format!("emulator-{port}.log")),
-        ready: Ready::Grpc(endpoint.clone()),
-    };
+    let mut spec = ServerSpec::new(
+        "the emulator",
+        opts.emulator_bin.clone(),
+        vec!["--host=127.0.0.1".into(), format!("--port={port}")],
+        opts.work_dir.join(format!("emulator-{port}.log")),
+    );
+    spec.ready = grpc_ready(endpoint.clone());
+    // A JVM ends with 128 + 15 on SIGTERM.
+    spec.clean_codes = vec![143];
     let server = Server::start(spec).await?;
     Ok(Box::new(Emulator { endpoint, server }))
 }
@@ -50,8 +54,8 @@ impl Target for Emulator {
         Ok(Box::new(GrpcQueue::create(&self.endpoint, spec).await?))
     }
 
-    fn server_rss(&self) -> Option<u64> {
-        self.server.rss()
+    fn server_memory(&self) -> Option<u64> {
+        self.server.memory()
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {

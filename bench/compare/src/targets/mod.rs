@@ -9,6 +9,7 @@ pub mod converge;
 pub mod emulator;
 pub mod nats;
 pub mod pgqueue;
+pub mod postgres_server;
 pub mod rabbitmq;
 
 /// Every target name [`build`] knows, in the order they run by default.
@@ -21,6 +22,20 @@ pub const ALL: &[&str] = &[
     "rabbitmq",
     "pgqueue",
 ];
+
+/// A peer the tool can start privately instead of using the machine's server (`--spawn`): on
+/// free ports, with a fresh data directory under `work_dir` and the server's stock settings.
+/// Only a server the tool started can be restarted, which the start-up workload needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// `nats-server -js`, for `nats`.
+    Nats,
+    /// A RabbitMQ node, for `rabbitmq`.
+    Rabbitmq,
+    /// A PostgreSQL cluster made with `initdb`, one for `pgqueue` and one for
+    /// `converge-postgres` (so both run on the same stock configuration).
+    Postgres,
+}
 
 /// Where the peers run and how the tool starts the servers it manages.
 #[derive(Debug, Clone)]
@@ -40,6 +55,15 @@ pub struct TargetOptions {
     /// `--short`: tiny runs; targets may size their setup down (none needs to yet).
     #[allow(dead_code, reason = "offered to every target; none sizes down yet")]
     pub short: bool,
+    /// The peers the tool starts itself rather than connect to the machine's.
+    pub spawn: Vec<Peer>,
+}
+
+impl TargetOptions {
+    /// Whether the tool starts its own `peer`.
+    pub fn spawns(&self, peer: Peer) -> bool {
+        self.spawn.contains(&peer)
+    }
 }
 
 /// Starts or connects to target `name` (one of [`ALL`]).

@@ -13,14 +13,12 @@
 //! the reply subject, not confirmed by the server: `double_ack` would cost one round trip per
 //! message).
 //!
-//! With `--nats-url spawn` the tool starts a `nats-server` of its own (from `PATH` or
+//! With `--spawn nats` the tool starts a `nats-server` of its own (from `PATH` or
 //! `/usr/sbin`) on free ports, its store in a fresh directory under `--work-dir`: then its
 //! resident memory is that process's, and the start-up workload restarts it (SIGINT, spawn)
 //! and times it until `/healthz` answers, which the server does only after it restored its
 //! streams from disk and listens for clients. Otherwise it connects to the server at the URL,
-//! which it does not restart. (Not `targets::converge::Server`: that one stops with SIGTERM
-//! and wants exit status 0, while nats-server ends a clean SIGTERM shutdown with status 1 and
-//! a SIGINT one with 0.)
+//! which it does not restart.
 
 use std::time::Duration;
 
@@ -30,12 +28,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 
+use crate::process::{Server, ServerSpec, free_port, http_ok, memory_of_process};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
-use crate::targets::TargetOptions;
-use crate::targets::converge::free_port;
-
-/// The `--nats-url` that makes the tool start a server of its own.
-pub const SPAWN: &str = "spawn";
+use crate::targets::{Peer, TargetOptions};
+use rustix::process::Signal;
 
 /// How long a publish or an API call may wait for JetStream's answer before it counts as failed.
 /// Generous because 16 publishers share two cores with the server during a run.
@@ -58,7 +54,7 @@ pub struct NatsTarget {
     managed: Option<NatsServer>,
 }
 
-/// Connects to the server at `opts.nats_url`, or starts one when it is [`SPAWN`].
+/// Connects to the server at `opts.nats_url`, or starts one with `--spawn nats`.
 pub async fn connect(opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
     Ok(Box::new(NatsTarget::connect(opts).await?))
 }
@@ -66,7 +62,7 @@ pub async fn connect(opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
 impl NatsTarget {
     /// See [`connect`].
     async fn connect(opts: &TargetOptions) -> anyhow::Result<Self> {
-        let (url, managed) = if opts.nats_url == SPAWN {
+        let (url, managed) = if opts.spawns(Peer::Nats) {
             let server = NatsServer::start(opts).await?;
             (server.url.clone(), Some(server))
         } else {
@@ -83,28 +79,17 @@ impl NatsTarget {
     }
 }
 
-/// How long the spawned server may take to serve (it restores every stream first).
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often readiness is polled; bounds the start-up time's resolution.
-const READY_POLL: Duration = Duration::from_millis(5);
-/// How long it may take to exit after SIGINT before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A `nats-server` the tool started, with JetStream, on free ports and a store of its own.
 struct NatsServer {
-    program: std::path::PathBuf,
-    args: Vec<String>,
     url: String,
-    healthz: String,
-    log: std::path::PathBuf,
-    child: tokio::sync::Mutex<Option<tokio::process::Child>>,
-    pid: std::sync::Mutex<Option<u32>>,
+    server: Server,
     /// Removed on drop, after the process (killed on drop) is gone.
     _store: tempfile::TempDir,
 }
 
 impl NatsServer {
-    /// Spawns it on a fresh store under `opts.work_dir` and waits until it serves.
+    /// Spawns it on a fresh store under `opts.work_dir` and waits until it serves: `/healthz`
+    /// answers only once the server restored its streams from disk and listens for clients.
     async fn start(opts: &TargetOptions) -> anyhow::Result<Self> {
         let program = std::env::var_os("PATH")
             .iter()
@@ -132,104 +117,20 @@ impl NatsServer {
             "-sd".to_owned(),
             store.path().display().to_string(),
         ];
-        let server = Self {
+        let mut spec = ServerSpec::new(
+            "nats-server",
             program,
             args,
+            opts.work_dir.join(format!("nats-{port}.log")),
+        );
+        spec.ready = http_ok(format!("http://127.0.0.1:{monitor}/healthz"));
+        // nats-server ends a SIGINT shutdown with status 0 (and a clean SIGTERM one with 1).
+        spec.stop_signal = Signal::INT;
+        Ok(Self {
             url: format!("nats://127.0.0.1:{port}"),
-            healthz: format!("http://127.0.0.1:{monitor}/healthz"),
-            log: opts.work_dir.join(format!("nats-{port}.log")),
-            child: tokio::sync::Mutex::new(None),
-            pid: std::sync::Mutex::new(None),
+            server: Server::start(spec).await?,
             _store: store,
-        };
-        server.spawn_and_wait().await?;
-        Ok(server)
-    }
-
-    /// Spawns the process; returns how long it took until `/healthz` answered 200.
-    async fn spawn_and_wait(&self) -> anyhow::Result<Duration> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let started = tokio::time::Instant::now();
-        let mut child = tokio::process::Command::new(&self.program)
-            .args(&self.args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", self.program.display()))?;
-        *self.pid.lock().expect("pid lock") = child.id();
-        let http = reqwest::Client::new();
-        loop {
-            let ready = http
-                .get(&self.healthz)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "nats-server exited ({status}) before it served; see {}",
-                    self.log.display()
-                );
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                child.kill().await.ok();
-                anyhow::bail!(
-                    "nats-server did not serve within {READY_TIMEOUT:?}; see {}",
-                    self.log.display()
-                );
-            }
-            tokio::time::sleep(READY_POLL).await;
-        }
-        let took = started.elapsed();
-        *self.child.lock().await = Some(child);
-        Ok(took)
-    }
-
-    /// Resident memory (VmRSS) of the process in bytes.
-    fn rss(&self) -> Option<u64> {
-        let pid = (*self.pid.lock().expect("pid lock"))?;
-        vm_rss(std::path::Path::new(&format!("/proc/{pid}")))
-    }
-
-    /// SIGINT (nats-server's clean shutdown, exit status 0), then waits for the exit; kills it
-    /// after [`STOP_TIMEOUT`].
-    async fn stop(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.lock().await.take() else {
-            return Ok(());
-        };
-        *self.pid.lock().expect("pid lock") = None;
-        if let Some(pid) = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            rustix::process::kill_process(pid, rustix::process::Signal::INT)
-                .context("sending SIGINT")?;
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                anyhow::ensure!(
-                    status.success(),
-                    "nats-server ended with {status} after SIGINT; see {}",
-                    self.log.display()
-                );
-                Ok(())
-            }
-            Err(_) => {
-                child.kill().await.ok();
-                anyhow::bail!("nats-server did not exit within {STOP_TIMEOUT:?} of SIGINT")
-            }
-        }
+        })
     }
 }
 
@@ -304,31 +205,24 @@ impl Target for NatsTarget {
         }))
     }
 
-    fn server_rss(&self) -> Option<u64> {
-        if let Some(server) = &self.managed {
-            return server.rss();
+    fn server_memory(&self) -> Option<u64> {
+        if let Some(managed) = &self.managed {
+            return managed.server.memory();
         }
         let port = self.url.rsplit(':').next().unwrap_or("4222");
-        rss_of_process("nats-server", &[port])
+        memory_of_process("nats-server", &[port])
     }
 
     async fn restart(&self) -> anyhow::Result<Option<Duration>> {
         match &self.managed {
-            Some(server) => {
-                server.stop().await?;
-                server.spawn_and_wait().await.map(Some)
-            }
+            Some(managed) => managed.server.restart().await.map(Some),
             None => Ok(None),
         }
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
         match &self.managed {
-            Some(server) => {
-                server.stop().await?;
-                std::fs::remove_file(&server.log).ok();
-                Ok(())
-            }
+            Some(managed) => managed.server.shutdown().await,
             None => Ok(()),
         }
     }
@@ -456,53 +350,6 @@ impl Consumer for NatsConsumer {
     }
 }
 
-/// Resident memory in bytes of the process named `comm` (as in `/proc/<pid>/comm`), preferring
-/// one whose command line contains each of `hints` when several run; `None` when none runs or
-/// `/proc` cannot be read.
-pub(crate) fn rss_of_process(comm: &str, hints: &[&str]) -> Option<u64> {
-    let mut candidates = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let path = entry.path();
-        let is_pid = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        if !is_pid {
-            continue;
-        }
-        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if name.trim_end() != comm {
-            continue;
-        }
-        let cmdline = std::fs::read(path.join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        candidates.push((path, hints.iter().all(|h| cmdline.contains(h))));
-    }
-    let chosen = match candidates.iter().find(|(_, matches)| *matches) {
-        Some((path, _)) => path,
-        None if candidates.len() == 1 => &candidates[0].0,
-        None => return None,
-    };
-    vm_rss(chosen)
-}
-
-/// VmRSS in bytes of the process whose `/proc/<pid>` directory is `proc_dir`.
-fn vm_rss(proc_dir: &std::path::Path) -> Option<u64> {
-    let status = std::fs::read_to_string(proc_dir.join("status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +364,7 @@ mod tests {
             emulator_bin: Default::default(),
             work_dir: std::env::temp_dir(),
             short: true,
+            spawn: Vec::new(),
         }
     }
 
@@ -528,7 +376,7 @@ mod tests {
     async fn fan_out_round_trip_and_acks() {
         let target = connect(&options()).await.unwrap();
         assert_eq!(target.durability(), Durability::AfterOsBuffer);
-        assert!(target.server_rss().is_some_and(|rss| rss > 0));
+        assert!(target.server_memory().is_some_and(|rss| rss > 0));
         let name = format!("h-nats-test-{}", uuid::Uuid::new_v4().simple());
         let queue: std::sync::Arc<dyn Queue> = target
             .queue(&QueueSpec {
@@ -606,12 +454,12 @@ mod tests {
     async fn spawned_server_restarts_on_its_store() {
         let work = tempfile::tempdir().unwrap();
         let opts = TargetOptions {
-            nats_url: SPAWN.into(),
+            spawn: vec![Peer::Nats],
             work_dir: work.path().to_path_buf(),
             ..options()
         };
         let target = NatsTarget::connect(&opts).await.unwrap();
-        assert!(target.server_rss().is_some_and(|rss| rss > 0));
+        assert!(target.server_memory().is_some_and(|rss| rss > 0));
         let queue = target
             .queue(&QueueSpec {
                 name: "restart".into(),
@@ -658,6 +506,6 @@ mod tests {
         assert_eq!(got, sent[500..]);
         queue.delete().await.unwrap();
         target.shutdown().await.unwrap();
-        assert!(target.server_rss().is_none());
+        assert!(target.server_memory().is_none());
     }
 }

@@ -16,6 +16,8 @@
 //!   table is empty the consumer polls every [`POLL_INTERVAL`] until `wait` runs out; LISTEN/NOTIFY
 //!   would serialise every publishing commit on PostgreSQL's global notify lock, which would cost
 //!   the publish side more than polling costs the receive side.
+//! - On the machine's server (`--pg-url`) or, with `--spawn postgres`, on a private cluster with
+//!   stock settings (see `postgres_server`), which the start-up workload restarts and times.
 //! - Every run gets a schema `bench_<uuid>` of its own, dropped by [`Queue::delete`]; every
 //!   publisher and consumer has a connection of its own.
 
@@ -29,7 +31,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _, Executor as _, Row as _};
 use tokio::time::Instant;
 
-use super::TargetOptions;
+use super::postgres_server::PgServer;
+use super::{Peer, TargetOptions};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
 
 /// How often an idle consumer looks for new rows.
@@ -39,11 +42,20 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
 pub struct PgQueueTarget {
     options: PgConnectOptions,
     durability: Durability,
+    /// The private cluster of `--spawn postgres`, which the start-up workload restarts.
+    managed: Option<PgServer>,
 }
 
-/// Connects to the PostgreSQL server of `opts.pg_url`; see [`connect_url`].
+/// Connects to the PostgreSQL server of `opts.pg_url`, or to a private cluster it starts with
+/// `--spawn postgres`; see [`connect_url`].
 pub async fn connect(opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
-    connect_url(&opts.pg_url).await
+    if !opts.spawns(Peer::Postgres) {
+        return connect_url(&opts.pg_url).await;
+    }
+    let server = PgServer::start(opts).await?;
+    let mut target = PgQueueTarget::open(&server.url).await?;
+    target.managed = Some(server);
+    Ok(Box::new(target))
 }
 
 /// Connects to the PostgreSQL server at `url` (`postgres://user@host:port/db`) and checks what
@@ -74,21 +86,22 @@ impl PgQueueTarget {
         Ok(Self {
             options,
             durability,
+            managed: None,
         })
     }
+}
 
-    async fn conn(&self) -> anyhow::Result<PgConnection> {
-        let mut conn = self
-            .options
-            .connect()
-            .await
-            .context("connecting to PostgreSQL")?;
-        // The durability this target reports depends on it; never inherit a server default.
-        sqlx::query("SET synchronous_commit = on")
-            .execute(&mut conn)
-            .await?;
-        Ok(conn)
-    }
+/// A connection of its own that commits with `synchronous_commit = on`.
+async fn conn(options: &PgConnectOptions) -> anyhow::Result<PgConnection> {
+    let mut conn = options
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
+    // The durability this target reports depends on it; never inherit a server default.
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
 }
 
 #[async_trait]
@@ -104,6 +117,25 @@ impl Target for PgQueueTarget {
     async fn queue(&self, spec: &QueueSpec) -> anyhow::Result<Box<dyn Queue>> {
         Ok(Box::new(self.create(spec).await?))
     }
+
+    /// The private cluster's postmaster and backends; `None` for the machine's server.
+    fn server_memory(&self) -> Option<u64> {
+        self.managed.as_ref()?.memory()
+    }
+
+    async fn restart(&self) -> anyhow::Result<Option<Duration>> {
+        match &self.managed {
+            Some(server) => server.restart().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        match &self.managed {
+            Some(server) => server.shutdown().await,
+            None => Ok(()),
+        }
+    }
 }
 
 impl PgQueueTarget {
@@ -111,7 +143,7 @@ impl PgQueueTarget {
     async fn create(&self, spec: &QueueSpec) -> anyhow::Result<PgQueue> {
         anyhow::ensure!(spec.subscriptions > 0, "a queue needs a subscription");
         let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.options).await?;
         let mut ddl = format!("CREATE SCHEMA {schema};");
         for sub in 0..spec.subscriptions {
             ddl.push_str(&format!(
@@ -124,10 +156,7 @@ impl PgQueueTarget {
             .with_context(|| format!("creating schema {schema}"))?;
         conn.close().await.ok();
         Ok(PgQueue {
-            target: PgQueueTarget {
-                options: self.options.clone(),
-                durability: self.durability,
-            },
+            options: self.options.clone(),
             publish_sql: publish_sql(&schema, spec.subscriptions),
             schema,
             subscriptions: spec.subscriptions,
@@ -152,7 +181,7 @@ fn publish_sql(schema: &str, subscriptions: usize) -> String {
 
 /// One run's schema with a table per subscription.
 struct PgQueue {
-    target: PgQueueTarget,
+    options: PgConnectOptions,
     schema: String,
     subscriptions: usize,
     publish_sql: String,
@@ -162,7 +191,7 @@ struct PgQueue {
 impl Queue for PgQueue {
     async fn publisher(&self) -> anyhow::Result<Box<dyn Publisher>> {
         Ok(Box::new(PgPublisher {
-            conn: self.target.conn().await?,
+            conn: conn(&self.options).await?,
             sql: self.publish_sql.clone(),
         }))
     }
@@ -175,7 +204,7 @@ impl Queue for PgQueue {
         );
         let table = format!("{}.q{subscription}", self.schema);
         Ok(Box::new(PgConsumer {
-            conn: self.target.conn().await?,
+            conn: conn(&self.options).await?,
             sql: format!(
                 "WITH taken AS (DELETE FROM {table} WHERE id IN \
                    (SELECT id FROM {table} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
@@ -186,7 +215,7 @@ impl Queue for PgQueue {
     }
 
     async fn delete(&self) -> anyhow::Result<()> {
-        let mut conn = self.target.conn().await?;
+        let mut conn = conn(&self.options).await?;
         let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
         conn.execute(drop.as_str())
             .await

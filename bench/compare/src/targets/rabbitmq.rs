@@ -1,4 +1,7 @@
-//! RabbitMQ (the running broker at `TargetOptions::amqp_url`, client `lapin` on tokio).
+//! RabbitMQ (client `lapin` on tokio): the running broker at `TargetOptions::amqp_url`, or,
+//! with `--spawn rabbitmq`, a node the tool starts on free ports with data of its own. Only
+//! that one can be restarted, so only it has a start-up time and its own memory figure
+//! (otherwise the memory is the machine broker's, whatever else it holds).
 //!
 //! Per [`Queue`]: a durable fanout exchange named after the queue and one durable quorum queue
 //! (`x-queue-type: quorum`) per subscription, `<name>.<i>`, bound to it, all declared up front so
@@ -24,31 +27,34 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::process::{Server, ServerSpec, free_port, memory_of_process};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
-use crate::targets::TargetOptions;
+use crate::targets::{Peer, TargetOptions};
 
 /// Deliveries the broker sends a consumer ahead of its acks.
 const PREFETCH: u16 = 1000;
 /// AMQP delivery mode of a persistent message.
 const PERSISTENT: u8 = 2;
 
-/// The RabbitMQ broker that runs on this machine (not started by the tool).
+/// A RabbitMQ broker: the one running at `TargetOptions::amqp_url`, or a node the tool started.
 pub struct RabbitTarget {
     url: String,
-    /// Declares and deletes exchanges and queues.
-    admin: Channel,
-    _connection: Connection,
+    /// The node the tool started, with its data directory (removed on drop).
+    managed: Option<RabbitServer>,
 }
 
-/// Connects to the running broker.
+/// Connects to the broker at `opts.amqp_url`, or starts a node of its own with `--spawn
+/// rabbitmq`.
 pub async fn connect(opts: &TargetOptions) -> anyhow::Result<Box<dyn Target>> {
-    let connection = open(&opts.amqp_url).await?;
-    let admin = connection.create_channel().await?;
-    Ok(Box::new(RabbitTarget {
-        url: opts.amqp_url.clone(),
-        admin,
-        _connection: connection,
-    }))
+    let (url, managed) = if opts.spawns(Peer::Rabbitmq) {
+        let server = RabbitServer::start(opts).await?;
+        (server.url.clone(), Some(server))
+    } else {
+        (opts.amqp_url.clone(), None)
+    };
+    // Fail now, not at the first workload, when the broker is not there.
+    open(&url).await?.close(200, "checked").await.ok();
+    Ok(Box::new(RabbitTarget { url, managed }))
 }
 
 /// A connection of its own, driven by the current tokio runtime.
@@ -59,6 +65,95 @@ async fn open(url: &str) -> anyhow::Result<Connection> {
     Connection::connect(url, properties)
         .await
         .with_context(|| format!("connecting to RabbitMQ at {url}"))
+}
+
+/// A channel on a connection of its own, to declare or delete with. Opened per use rather than
+/// kept, so that it never outlives a restart of the broker.
+async fn admin(url: &str) -> anyhow::Result<(Connection, Channel)> {
+    let connection = open(url).await?;
+    let channel = connection.create_channel().await?;
+    Ok((connection, channel))
+}
+
+/// A RabbitMQ node the tool started on free ports, with a data directory of its own, its own
+/// configuration (one TCP listener, no plugins) and none of the machine's (`rabbitmq-env.conf`
+/// would give it the machine node's name).
+struct RabbitServer {
+    url: String,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl RabbitServer {
+    /// Where Debian installs the node's start script (`/usr/sbin/rabbitmq-server` wraps it to
+    /// switch users).
+    const PROGRAM: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+    /// Spawns the node and waits until it accepts an AMQP connection.
+    async fn start(opts: &TargetOptions) -> anyhow::Result<Self> {
+        let program = std::path::PathBuf::from(Self::PROGRAM);
+        anyhow::ensure!(
+            program.is_file(),
+            "RabbitMQ is not installed at {}",
+            program.display()
+        );
+        std::fs::create_dir_all(&opts.work_dir)
+            .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("rabbitmq-")
+            .tempdir_in(&opts.work_dir)
+            .context("making the data directory")?;
+        let (port, dist_port) = (free_port()?, free_port()?);
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("rabbitmq-env.conf"), "")?;
+        std::fs::write(
+            path("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+        )?;
+        std::fs::write(path("enabled_plugins"), "[].\n")?;
+        let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        let mut spec = ServerSpec::new(
+            "rabbitmq-server",
+            program,
+            Vec::new(),
+            opts.work_dir.join(format!("rabbitmq-{port}.log")),
+        );
+        spec.env = [
+            ("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf")),
+            ("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins")),
+            ("RABBITMQ_NODENAME", format!("bench{port}@localhost")),
+            ("RABBITMQ_NODE_PORT", port.to_string()),
+            ("RABBITMQ_DIST_PORT", dist_port.to_string()),
+            ("RABBITMQ_MNESIA_BASE", path("mnesia")),
+            ("RABBITMQ_LOG_BASE", path("log")),
+            // The Erlang cookie goes to $HOME.
+            ("HOME", dir.path().display().to_string()),
+            ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into();
+        let probe_url = url.clone();
+        spec.ready = std::sync::Arc::new(move || {
+            let url = probe_url.clone();
+            Box::pin(async move {
+                let connected = tokio::time::timeout(Duration::from_secs(2), open(&url)).await;
+                match connected {
+                    Ok(Ok(connection)) => {
+                        connection.close(200, "ready").await.ok();
+                        true
+                    }
+                    _ => false,
+                }
+            })
+        });
+        // The start script stops the node on SIGTERM and exits 0 once it is down.
+        Ok(Self {
+            url,
+            server: Server::start(spec).await?,
+            _dir: dir,
+        })
+    }
 }
 
 /// The quorum queue of subscription `i`.
@@ -82,8 +177,25 @@ impl Target for RabbitTarget {
         Ok(Box::new(self.declare(spec).await?))
     }
 
-    fn server_rss(&self) -> Option<u64> {
-        super::nats::rss_of_process("beam.smp", &["rabbit"])
+    fn server_memory(&self) -> Option<u64> {
+        match &self.managed {
+            Some(managed) => managed.server.memory(),
+            None => memory_of_process("beam.smp", &["rabbit"]),
+        }
+    }
+
+    async fn restart(&self) -> anyhow::Result<Option<Duration>> {
+        match &self.managed {
+            Some(managed) => managed.server.restart().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        match &self.managed {
+            Some(managed) => managed.server.shutdown().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -91,7 +203,8 @@ impl RabbitTarget {
     /// Declares the exchange and the quorum queues of `spec`.
     async fn declare(&self, spec: &QueueSpec) -> anyhow::Result<RabbitQueue> {
         let exchange = spec.name.clone();
-        self.admin
+        let (connection, admin) = admin(&self.url).await?;
+        admin
             .exchange_declare(
                 &exchange,
                 ExchangeKind::Fanout,
@@ -111,11 +224,10 @@ impl RabbitTarget {
         for i in 0..spec.subscriptions {
             let queue = queue_name(&exchange, i);
             // A leftover of an interrupted run with the same name would carry old messages.
-            let _ = self
-                .admin
+            let _ = admin
                 .queue_delete(&queue, QueueDeleteOptions::default())
                 .await;
-            self.admin
+            admin
                 .queue_declare(
                     &queue,
                     QueueDeclareOptions {
@@ -126,7 +238,7 @@ impl RabbitTarget {
                 )
                 .await
                 .with_context(|| format!("declaring quorum queue {queue}"))?;
-            self.admin
+            admin
                 .queue_bind(
                     &queue,
                     &exchange,
@@ -137,9 +249,9 @@ impl RabbitTarget {
                 .await
                 .with_context(|| format!("binding {queue} to {exchange}"))?;
         }
+        connection.close(200, "declared").await.ok();
         Ok(RabbitQueue {
             url: self.url.clone(),
-            admin: self.admin.clone(),
             exchange,
             subscriptions: spec.subscriptions,
         })
@@ -149,7 +261,6 @@ impl RabbitTarget {
 /// One fanout exchange and its quorum queues.
 struct RabbitQueue {
     url: String,
-    admin: Channel,
     exchange: String,
     subscriptions: usize,
 }
@@ -175,17 +286,19 @@ impl Queue for RabbitQueue {
     }
 
     async fn delete(&self) -> anyhow::Result<()> {
+        let (connection, admin) = admin(&self.url).await?;
         for i in 0..self.subscriptions {
             let queue = queue_name(&self.exchange, i);
-            self.admin
+            admin
                 .queue_delete(&queue, QueueDeleteOptions::default())
                 .await
                 .with_context(|| format!("deleting queue {queue}"))?;
         }
-        self.admin
+        admin
             .exchange_delete(&self.exchange, ExchangeDeleteOptions::default())
             .await
             .with_context(|| format!("deleting exchange {}", self.exchange))?;
+        connection.close(200, "deleted").await.ok();
         Ok(())
     }
 }
@@ -327,6 +440,7 @@ mod tests {
             emulator_bin: Default::default(),
             work_dir: std::env::temp_dir(),
             short: true,
+            spawn: Vec::new(),
         }
     }
 
@@ -336,14 +450,12 @@ mod tests {
     /// finds nothing; and delete removes the queues. (Checked without the ack, this test fails.)
     #[tokio::test]
     async fn fan_out_round_trip_and_acks() {
-        let connection = open(&options().amqp_url).await.unwrap();
         let target = RabbitTarget {
             url: options().amqp_url,
-            admin: connection.create_channel().await.unwrap(),
-            _connection: connection,
+            managed: None,
         };
         assert_eq!(target.durability(), Durability::AfterFsync);
-        assert!(target.server_rss().is_some_and(|rss| rss > 0));
+        assert!(target.server_memory().is_some_and(|rss| rss > 0));
         let name = format!("h-rabbit-test-{}", uuid::Uuid::new_v4().simple());
         let queue = std::sync::Arc::new(
             target
@@ -402,5 +514,47 @@ mod tests {
             )
             .await;
         assert!(passive.is_err(), "queue still there after delete");
+    }
+
+    /// `--spawn rabbitmq`: the tool's own node keeps a backlog across its restart (quorum
+    /// queues are on disk), reports a start-up time and its memory, and stops with `shutdown`.
+    #[tokio::test]
+    async fn spawned_node_restarts_with_its_queues() {
+        let work = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let opts = TargetOptions {
+            work_dir: work.path().to_path_buf(),
+            spawn: vec![Peer::Rabbitmq],
+            ..options()
+        };
+        let target = connect(&opts).await.unwrap();
+        assert!(target.server_memory().is_some_and(|m| m > 0));
+        let queue = target
+            .queue(&QueueSpec {
+                name: format!("restart-{}", uuid::Uuid::new_v4().simple()),
+                subscriptions: 1,
+                message_size: 16,
+            })
+            .await
+            .unwrap();
+        let sent: Vec<Bytes> = (0..1000u32)
+            .map(|i| Bytes::from(format!("m{i:05}")))
+            .collect();
+        let mut publisher = queue.publisher().await.unwrap();
+        publisher.publish(sent.clone()).await.unwrap();
+        drop(publisher);
+        let took = target
+            .restart()
+            .await
+            .unwrap()
+            .expect("a spawned node restarts");
+        assert!(took > Duration::ZERO);
+        let mut consumer = queue.consumer(0).await.unwrap();
+        let mut got = drain(consumer.as_mut(), sent.len()).await;
+        got.sort();
+        assert_eq!(got, sent);
+        drop(consumer);
+        queue.delete().await.unwrap();
+        target.shutdown().await.unwrap();
+        assert!(target.server_memory().is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! (5) A backlog published then drained, and (6) the server's start-up time with it on disk.
 //!
 //! `s.backlog_publishers` publishers publish `s.backlog` messages in batches as fast as the
-//! target confirms them (no consumer yet); then the server's resident memory is read; then, for
+//! target confirms them (no consumer yet); then the server's memory (PSS) is read; then, for
 //! (6), the server is restarted on the same data and timed until it serves again; then
 //! `s.consumers` consumers drain the subscription, and every message must arrive.
 
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use super::{Dedup, Settings, check_own, finish, less, more, nanos, payload, spec};
+use super::{Dedup, Settings, check_own, finish, less, more, nanos, payload, spawn, spec};
 use crate::report::Figure;
 use crate::target::Target;
 
@@ -50,7 +50,7 @@ pub async fn run(
         for mut p in pubs {
             let next = next.clone();
             let (total, batch, size) = (s.backlog, s.batch as u64, s.backlog_size);
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn(async move {
                 loop {
                     let first = next.fetch_add(batch, Ordering::Relaxed);
                     if first >= total {
@@ -68,23 +68,27 @@ pub async fn run(
             t.await?.context("a publisher failed")?;
         }
         let publish_secs = started.elapsed().as_secs_f64();
-        let rss = target.server_rss();
+        let memory = target.server_memory();
 
-        // Start-up with the backlog on disk.
+        // Start-up with the backlog on disk: the time until the server is ready (its own
+        // signal), completed below by the time until the first message of the backlog is
+        // back in a consumer's hands (the same measure for every target).
+        let restart_began = Instant::now();
+        let (mut ready, mut memory_after_start) = (None, None);
         if restart {
-            startup = Some(match target.restart().await {
+            match target.restart().await {
                 Ok(Some(took)) => {
-                    let mut f = vec![less("startup s", took.as_secs_f64())];
-                    if let Some(rss) = target.server_rss() {
-                        f.push(less("RSS after start MiB", mib(rss)));
-                    }
-                    Ok(f)
+                    ready = Some(took);
+                    memory_after_start = target.server_memory();
                 }
-                Ok(None) => Err(anyhow::anyhow!(
-                    "n/a: the tool does not restart this server (not started by it, or in memory)"
-                )),
-                Err(e) => Err(e.context("restarting")),
-            });
+                Ok(None) => {
+                    startup = Some(Err(anyhow::anyhow!(
+                        "n/a: the tool does not restart this server (not started by it, or in \
+                         memory)"
+                    )));
+                }
+                Err(e) => startup = Some(Err(e.context("restarting"))),
+            }
         }
 
         // Drain.
@@ -96,13 +100,15 @@ pub async fn run(
         let started = Instant::now();
         let mut tasks = Vec::new();
         let dedup = Dedup::default();
+        let first_ns = Arc::new(AtomicU64::new(u64::MAX));
         let duplicates = Arc::new(AtomicU64::new(0));
         for mut c in cons {
             let received = received.clone();
             let dedup = dedup.clone();
             let duplicates = duplicates.clone();
+            let first_ns = first_ns.clone();
             let (total, idle) = (s.backlog, s.idle_timeout);
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn(async move {
                 let mut last = Instant::now();
                 while received.load(Ordering::Relaxed) < total {
                     let got = c
@@ -117,6 +123,7 @@ pub async fn run(
                         }
                     } else {
                         last = Instant::now();
+                        first_ns.fetch_min(nanos(last), Ordering::Relaxed);
                         received.fetch_add(got.len() as u64, Ordering::Relaxed);
                     }
                 }
@@ -127,6 +134,18 @@ pub async fn run(
             t.await?.context("a consumer failed")?;
         }
         let drain_secs = started.elapsed().as_secs_f64();
+        if let Some(ready) = ready {
+            let first = first_ns.load(Ordering::Relaxed);
+            let mut f = vec![less("startup s", ready.as_secs_f64())];
+            if first != u64::MAX {
+                let since = first.saturating_sub(nanos(restart_began));
+                f.push(less("first message s", since as f64 / 1e9));
+            }
+            if let Some(memory) = memory_after_start {
+                f.push(less("memory after start MiB", mib(memory)));
+            }
+            startup = Some(Ok(f));
+        }
         let got = received.load(Ordering::Relaxed);
         if got < s.backlog {
             anyhow::bail!(
@@ -141,8 +160,8 @@ pub async fn run(
             less("drain s", drain_secs),
             more("drain msg/s", s.backlog as f64 / drain_secs),
         ];
-        if let Some(rss) = rss {
-            f.push(less("RSS MiB", mib(rss)));
+        if let Some(memory) = memory {
+            f.push(less("memory MiB", mib(memory)));
         }
         f.push(less(
             "duplicates",
@@ -154,7 +173,7 @@ pub async fn run(
     let backlog = finish(queue.as_ref(), r).await;
     if restart && startup.is_none() {
         startup = Some(Err(anyhow::anyhow!(
-            "the backlog failed before the restart"
+            "the backlog failed before its start-up was measured"
         )));
     }
     (backlog, startup)

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{
-    Dedup, Settings, check_own, finish, histogram, less, more, ms, nanos, payload, spec, stamp,
+    Dedup, Settings, check_own, finish, histogram, less, more, ms, nanos, payload, spawn, spec,
+    stamp,
 };
 use crate::report::Figure;
 use crate::target::Target;
@@ -61,7 +62,7 @@ pub async fn run(
         let n_pubs = pubs.len() as u64;
         let mut pub_tasks = Vec::new();
         for (p_index, mut p) in pubs.into_iter().enumerate() {
-            pub_tasks.push(tokio::spawn(async move {
+            pub_tasks.push(spawn(async move {
                 let mut k = p_index as u64;
                 while k < ticks {
                     let (first, end) = (due_by(k), due_by(k + 1));
@@ -86,7 +87,7 @@ pub async fn run(
             let received = received.clone();
             let dedup = dedup.clone();
             let duplicates = duplicates.clone();
-            con_tasks.push(tokio::spawn(async move {
+            con_tasks.push(spawn(async move {
                 let mut hist = histogram();
                 while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
                     let got = c.receive(1000, RECEIVE_WAIT).await?;

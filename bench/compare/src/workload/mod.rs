@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 
-use crate::report::{Figure, Row};
+use crate::report::{self, Figure, Row};
 use crate::target::{Queue, QueueSpec, Target};
 
 mod backlog;
@@ -27,7 +27,8 @@ pub enum Workload {
     Publish,
     /// (2) End-to-end publish → receive → ack throughput.
     EndToEnd,
-    /// (3) End-to-end latency at 50% of (2)'s maximum, open loop.
+    /// (3) End-to-end latency, open loop, at 50% of (2)'s maximum and at a rate common to
+    /// every target.
     Latency,
     /// (4) Fan-out to 8 subscriptions.
     FanOut,
@@ -79,6 +80,8 @@ pub struct Settings {
     /// Publishers of the latency workload: each has one publish in flight, so enough of them
     /// that a slow answer delays few batches (late batches count against latency all the same).
     pub latency_publishers: usize,
+    /// The common rate of the latency workload's like-for-like case (messages per second).
+    pub latency_rate: f64,
     /// Consumers of one subscription in the end-to-end, latency and backlog workloads.
     pub consumers: usize,
     /// Subscriptions of the fan-out workload.
@@ -105,6 +108,7 @@ impl Settings {
                 duration: Duration::from_secs(1),
                 e2e_publishers: 4,
                 latency_publishers: 8,
+                latency_rate: 1_000.0,
                 consumers: 4,
                 fanout: 8,
                 backlog: 5_000,
@@ -121,6 +125,7 @@ impl Settings {
                 duration: Duration::from_secs(10),
                 e2e_publishers: 4,
                 latency_publishers: 8,
+                latency_rate: 5_000.0,
                 consumers: 4,
                 fanout: 8,
                 backlog: 1_000_000,
@@ -203,6 +208,10 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
                     Err(e) => Err(e.context("measuring the end-to-end maximum")),
                 };
                 rows.push(row(w, case, target, r));
+                // The same rate for every target: the like-for-like comparison.
+                let case = format!("{} msg/s, {size} B", report::fmt(s.latency_rate));
+                let r = latency::run(target, &s, size, s.latency_rate).await;
+                rows.push(row(w, case, target, r));
             }
         }
         Workload::FanOut => {
@@ -237,6 +246,32 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
     rows
 }
 
+/// Runs workload `w` like [`run`], but gives up after `timeout`: then the step's tasks are
+/// aborted (see [`spawn`]) and it yields one failed row, and `Err` says the target should be
+/// left alone for the rest of the round (its server may be wedged).
+pub async fn run_with_timeout(
+    w: Workload,
+    target: &dyn Target,
+    ctx: &mut Context,
+    timeout: Duration,
+) -> Result<Vec<Row>, Vec<Row>> {
+    match tokio::time::timeout(timeout, run(w, target, ctx)).await {
+        Ok(rows) => Ok(rows),
+        Err(_) => Err(vec![Row {
+            workload: w.id().to_owned(),
+            case: "-".to_owned(),
+            target: target.name(),
+            durability: target.durability(),
+            figures: Vec::new(),
+            error: Some(format!(
+                "gave up after {timeout:?} (--step-timeout); the target's later steps in this \
+                 round were skipped"
+            )),
+            failed_rounds: Vec::new(),
+        }]),
+    }
+}
+
 /// A row from a case's outcome.
 fn row(w: Workload, case: String, target: &dyn Target, r: anyhow::Result<Vec<Figure>>) -> Row {
     let (figures, error) = match r {
@@ -250,7 +285,19 @@ fn row(w: Workload, case: String, target: &dyn Target, r: anyhow::Result<Vec<Fig
         durability: target.durability(),
         figures,
         error,
+        failed_rounds: Vec::new(),
     }
+}
+
+/// Spawns a task of a step that is aborted when its handle is dropped: when a step is given
+/// up (it ran past `--step-timeout`), its publishers and consumers stop with it instead of
+/// loading the server through the next step.
+pub(crate) fn spawn<F>(task: F) -> tokio_util::task::AbortOnDropHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task))
 }
 
 /// A figure where more is better.
@@ -259,6 +306,7 @@ pub(crate) fn more(name: &str, value: f64) -> Figure {
         name: name.to_owned(),
         value,
         higher_is_better: true,
+        spread: None,
     }
 }
 
@@ -268,6 +316,7 @@ pub(crate) fn less(name: &str, value: f64) -> Figure {
         name: name.to_owned(),
         value,
         higher_is_better: false,
+        spread: None,
     }
 }
 
@@ -411,6 +460,41 @@ mod tests {
         assert_eq!((fresh.len(), dups), (0, 3));
     }
 
+    /// A target whose server never answers: a queue is never set up.
+    struct Wedged;
+
+    #[async_trait::async_trait]
+    impl Target for Wedged {
+        fn name(&self) -> String {
+            "wedged".into()
+        }
+        fn durability(&self) -> crate::target::Durability {
+            crate::target::Durability::Memory
+        }
+        async fn queue(&self, _: &QueueSpec) -> anyhow::Result<Box<dyn Queue>> {
+            std::future::pending().await
+        }
+    }
+
+    /// A step that hangs is given up after the timeout with a row that says so, instead of
+    /// holding the whole run (the emulator once sat on the 1M backlog until stopped by hand).
+    #[tokio::test]
+    async fn a_hanging_step_is_given_up() {
+        let mut ctx = Context::new(Settings::new(true), false);
+        let timeout = Duration::from_millis(200);
+        let rows = run_with_timeout(Workload::Backlog, &Wedged, &mut ctx, timeout)
+            .await
+            .unwrap_err();
+        assert_eq!(rows.len(), 1);
+        assert!(
+            rows[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .starts_with("gave up after 200ms")
+        );
+    }
+
     /// The converge binary next to this test's build: release if built, else debug.
     fn converge_bin() -> std::path::PathBuf {
         let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
@@ -436,6 +520,7 @@ mod tests {
             emulator_bin: std::path::PathBuf::new(),
             work_dir: work.path().to_path_buf(),
             short: true,
+            spawn: Vec::new(),
         };
         let target = crate::targets::build("converge-fsync", &opts)
             .await
@@ -445,6 +530,8 @@ mod tests {
         s.duration = Duration::from_millis(500);
         s.publisher_counts = vec![2];
         s.backlog = 2_000;
+        s.latency_rate = 700.0;
+        let s_rate = s.latency_rate;
         let mut ctx = Context::new(s, true);
         let mut rows = Vec::new();
         for w in Workload::ALL {
@@ -468,13 +555,21 @@ mod tests {
                 "publish",
                 "end-to-end",
                 "latency",
+                "latency",
                 "fan-out",
                 "backlog",
                 "startup"
             ]
         );
         let startup = rows.iter().find(|r| r.workload == "startup").unwrap();
-        assert!(startup.figure("startup s").unwrap() > 0.0);
+        let ready = startup.figure("startup s").unwrap();
+        let first = startup.figure("first message s").unwrap();
+        assert!(
+            ready > 0.0 && first >= ready,
+            "ready {ready} s, first {first} s"
+        );
+        let latency: Vec<&Row> = rows.iter().filter(|r| r.workload == "latency").collect();
+        assert_eq!(latency[1].figure("rate msg/s"), Some(s_rate));
         let e2e = rows.iter().find(|r| r.workload == "end-to-end").unwrap();
         assert!(e2e.figure("msg/s").unwrap() > 0.0);
     }

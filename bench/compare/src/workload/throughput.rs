@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use tokio::sync::Semaphore;
 
 use super::{
-    Dedup, Settings, check_own, finish, histogram, less, more, ms, nanos, payload, spec, stamp,
+    Dedup, Settings, check_own, finish, histogram, less, more, ms, nanos, payload, spawn, spec,
+    stamp,
 };
 use crate::report::Figure;
 use crate::target::Target;
@@ -47,7 +48,7 @@ pub async fn publish(
         let mut tasks = Vec::new();
         for mut p in pubs {
             let batch = s.batch;
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn(async move {
                 let mut counted = 0u64;
                 let mut hist = histogram();
                 loop {
@@ -126,7 +127,7 @@ pub async fn end_to_end(
             let permits = permits.clone();
             let published = published.clone();
             let batch = s.batch;
-            pub_tasks.push(tokio::spawn(async move {
+            pub_tasks.push(spawn(async move {
                 loop {
                     let need = u32::try_from(batch * subscriptions).unwrap_or(u32::MAX);
                     let Ok(permit) = permits.acquire_many(need).await else {
@@ -150,7 +151,7 @@ pub async fn end_to_end(
         for (mut c, dedup) in cons {
             let permits = permits.clone();
             let stop = stop.clone();
-            con_tasks.push(tokio::spawn(async move {
+            con_tasks.push(spawn(async move {
                 let mut counted = 0u64;
                 let mut dups = 0u64;
                 let mut hist = histogram();
