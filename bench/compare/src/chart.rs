@@ -670,9 +670,9 @@ fn workload_title(workload: &str) -> String {
     let title = match workload {
         "publish" => "Durable publish throughput",
         "end-to-end" => "End-to-end throughput (publish → receive → ack)",
-        "latency" => "End-to-end latency at 50% of max rate",
+        "latency" => "End-to-end latency, open loop (own 50% of max; common rate)",
         "fan-out" => "Fan-out to 8 subscriptions",
-        "backlog" => "Backlog: 1M messages published, then drained",
+        "backlog" => "Backlog published, then drained",
         "startup" => "Start-up with the backlog on disk",
         other => other,
     };

@@ -24,7 +24,6 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::report::{Results, Row, TargetInfo};
-use crate::target::Target;
 use crate::targets::TargetOptions;
 use crate::workload::{Context, Settings, Workload};
 
@@ -49,9 +48,13 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_enum)]
     spawn: Vec<targets::Peer>,
     /// How many times every step runs (targets interleaved round by round); figures are the
-    /// medians, with the spread. The backlog and start-up workloads run in the first round only.
+    /// medians, with the spread
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: u16,
+    /// How many of the rounds include the backlog and start-up workloads (minutes per target
+    /// each)
+    #[arg(long, default_value_t = 1)]
+    backlog_rounds: u16,
     /// Gives up on a step that runs longer than this, and on the rest of that target's steps
     /// in the round (its server may be wedged) [default: 300s, 60s with --short]
     #[arg(long, value_parser = parse_secs)]
@@ -135,19 +138,6 @@ fn default_converge_bin() -> anyhow::Result<PathBuf> {
         })
 }
 
-/// The row of a step that produced no figures.
-fn failed_row(workload: &str, target: &dyn Target, error: String) -> Row {
-    Row {
-        workload: workload.to_owned(),
-        case: "-".to_owned(),
-        target: target.name(),
-        durability: target.durability(),
-        figures: Vec::new(),
-        error: Some(error),
-        failed_rounds: Vec::new(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -209,9 +199,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = workload::epoch();
 
     let rounds = usize::from(args.rounds);
+    let backlog_rounds = usize::from(args.backlog_rounds);
     let heavy = |w: &Workload| matches!(w, Workload::Backlog | Workload::Startup);
     let steps_per_round =
-        |round: usize| workloads.iter().filter(|w| round == 1 || !heavy(w)).count();
+        |round: usize| workloads.iter().filter(|w| round <= backlog_rounds || !heavy(w)).count();
     let steps: usize = (1..=rounds).map(|r| names.len() * steps_per_round(r)).sum();
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
@@ -227,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
         let round_workloads: Vec<Workload> = workloads
             .iter()
             .copied()
-            .filter(|w| round == 1 || !heavy(w))
+            .filter(|w| round <= backlog_rounds || !heavy(w))
             .collect();
         let label = |name: &str| {
             if rounds > 1 {
@@ -242,16 +233,10 @@ async fn main() -> anyhow::Result<()> {
                 Ok(t) => t,
                 Err(e) => {
                     bar.println(format!("{}: cannot start: {e:#}", label(name)));
-                    for w in &round_workloads {
-                        rows.push(Row {
-                            workload: w.id().to_owned(),
-                            case: "-".to_owned(),
-                            target: name.clone(),
-                            durability: crate::target::Durability::Memory,
-                            figures: Vec::new(),
-                            error: Some(format!("cannot start: {e:#}")),
-                            failed_rounds: Vec::new(),
-                        });
+                    let why = format!("cannot start: {e:#}");
+                    for &w in &round_workloads {
+                        let durability = crate::target::Durability::Memory;
+                        rows.extend(workload::failed_rows(w, &settings, name, durability, &why));
                     }
                     bar.inc(round_workloads.len() as u64);
                     continue;
@@ -268,7 +253,8 @@ async fn main() -> anyhow::Result<()> {
             for &w in &round_workloads {
                 bar.set_message(format!("{}: {}", label(name), w.id()));
                 if let Some(why) = &gave_up {
-                    rows.push(failed_row(w.id(), target.as_ref(), why.clone()));
+                    let (name, durability) = (target.name(), target.durability());
+                    rows.extend(workload::failed_rows(w, &settings, &name, durability, why));
                     bar.inc(1);
                     continue;
                 }

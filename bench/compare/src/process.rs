@@ -212,6 +212,26 @@ impl Server {
     }
 }
 
+/// [`Target::restart`](crate::target::Target::restart) for a target whose server the tool may
+/// have started (`Some`) or not (`None`: it cannot be restarted).
+pub(crate) async fn restart_if_managed(
+    server: Option<&Server>,
+) -> anyhow::Result<Option<Duration>> {
+    match server {
+        Some(server) => server.restart().await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`Target::shutdown`](crate::target::Target::shutdown) for a target whose server the tool
+/// may have started (`Some`) or not (`None`: it is left running).
+pub(crate) async fn shutdown_if_managed(server: Option<&Server>) -> anyhow::Result<()> {
+    match server {
+        Some(server) => server.shutdown().await,
+        None => Ok(()),
+    }
+}
+
 /// The last lines of a server log, to explain a failure.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -184,7 +184,7 @@ impl Target for ConvergeTarget {
         let stopped = self.server.shutdown().await;
         if let Some(postgres) = &self.postgres {
             // The whole cluster goes, schema and all.
-            postgres.shutdown().await?;
+            postgres.server.shutdown().await?;
         } else if let Some(schema) = &self.schema {
             drop_schema(&self.pg_url, schema).await?;
         }

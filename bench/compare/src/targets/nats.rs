@@ -28,7 +28,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 
-use crate::process::{Server, ServerSpec, free_port, http_ok, memory_of_process};
+use crate::process::{
+    Server, ServerSpec, free_port, http_ok, memory_of_process, restart_if_managed,
+    shutdown_if_managed,
+};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
 use crate::targets::{Peer, TargetOptions};
 use rustix::process::Signal;
@@ -214,17 +217,11 @@ impl Target for NatsTarget {
     }
 
     async fn restart(&self) -> anyhow::Result<Option<Duration>> {
-        match &self.managed {
-            Some(managed) => managed.server.restart().await.map(Some),
-            None => Ok(None),
-        }
+        restart_if_managed(self.managed.as_ref().map(|m| &m.server)).await
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        match &self.managed {
-            Some(managed) => managed.server.shutdown().await,
-            None => Ok(()),
-        }
+        shutdown_if_managed(self.managed.as_ref().map(|m| &m.server)).await
     }
 }
 

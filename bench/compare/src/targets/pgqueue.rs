@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::postgres_server::PgServer;
 use super::{Peer, TargetOptions};
+use crate::process::{restart_if_managed, shutdown_if_managed};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
 
 /// How often an idle consumer looks for new rows.
@@ -120,21 +121,15 @@ impl Target for PgQueueTarget {
 
     /// The private cluster's postmaster and backends; `None` for the machine's server.
     fn server_memory(&self) -> Option<u64> {
-        self.managed.as_ref()?.memory()
+        self.managed.as_ref()?.server.memory()
     }
 
     async fn restart(&self) -> anyhow::Result<Option<Duration>> {
-        match &self.managed {
-            Some(server) => server.restart().await.map(Some),
-            None => Ok(None),
-        }
+        restart_if_managed(self.managed.as_ref().map(|m| &m.server)).await
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        match &self.managed {
-            Some(server) => server.shutdown().await,
-            None => Ok(()),
-        }
+        shutdown_if_managed(self.managed.as_ref().map(|m| &m.server)).await
     }
 }
 

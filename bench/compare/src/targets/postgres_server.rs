@@ -23,12 +23,13 @@ use sqlx::postgres::PgConnectOptions;
 use crate::process::{Server, ServerSpec, free_port, system_user};
 use crate::targets::TargetOptions;
 
-/// A running private cluster; stopped and its directory removed with [`PgServer::shutdown`]
-/// (or killed and removed on drop).
+/// A running private cluster; its directory is removed on drop (after the server, killed on
+/// drop if it still runs).
 pub struct PgServer {
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
     pub url: String,
-    server: Server,
+    /// The postmaster (its memory counts its backends).
+    pub server: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -97,21 +98,6 @@ impl PgServer {
             _dir: dir,
         })
     }
-
-    /// Memory (PSS) of the postmaster and all its backends.
-    pub fn memory(&self) -> Option<u64> {
-        self.server.memory()
-    }
-
-    /// Stops it cleanly and starts it again; returns the time until it accepted a connection.
-    pub async fn restart(&self) -> anyhow::Result<Duration> {
-        self.server.restart().await
-    }
-
-    /// Stops it for good.
-    pub async fn shutdown(&self) -> anyhow::Result<()> {
-        self.server.shutdown().await
-    }
 }
 
 /// A probe that is ready when a connection to `url` opens and answers a query.
@@ -170,7 +156,7 @@ mod tests {
             spawn: vec![crate::targets::Peer::Postgres],
         };
         let server = PgServer::start(&opts).await.unwrap();
-        assert!(server.memory().is_some_and(|m| m > 0));
+        assert!(server.server.memory().is_some_and(|m| m > 0));
         let mut conn = sqlx::PgConnection::connect(&server.url).await.unwrap();
         for (setting, want) in [("fsync", "on"), ("autovacuum", "on")] {
             let got: String = sqlx::query_scalar(&format!("SHOW {setting}"))
@@ -184,7 +170,7 @@ mod tests {
             .await
             .unwrap();
         conn.close().await.ok();
-        let took = server.restart().await.unwrap();
+        let took = server.server.restart().await.unwrap();
         assert!(took > Duration::ZERO);
         let mut conn = sqlx::PgConnection::connect(&server.url).await.unwrap();
         let v: String = sqlx::query_scalar("SELECT v FROM t")
@@ -193,6 +179,6 @@ mod tests {
             .unwrap();
         assert_eq!(v, "kept");
         conn.close().await.ok();
-        server.shutdown().await.unwrap();
+        server.server.shutdown().await.unwrap();
     }
 }

@@ -27,7 +27,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::process::{Server, ServerSpec, free_port, memory_of_process};
+use crate::process::{
+    Server, ServerSpec, free_port, memory_of_process, restart_if_managed, shutdown_if_managed,
+};
 use crate::target::{Consumer, Durability, Publisher, Queue, QueueSpec, Target};
 use crate::targets::{Peer, TargetOptions};
 
@@ -185,17 +187,11 @@ impl Target for RabbitTarget {
     }
 
     async fn restart(&self) -> anyhow::Result<Option<Duration>> {
-        match &self.managed {
-            Some(managed) => managed.server.restart().await.map(Some),
-            None => Ok(None),
-        }
+        restart_if_managed(self.managed.as_ref().map(|m| &m.server)).await
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        match &self.managed {
-            Some(managed) => managed.server.shutdown().await,
-            None => Ok(()),
-        }
+        shutdown_if_managed(self.managed.as_ref().map(|m| &m.server)).await
     }
 }
 

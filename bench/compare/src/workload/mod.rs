@@ -14,7 +14,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 
 use crate::report::{self, Figure, Row};
-use crate::target::{Queue, QueueSpec, Target};
+use crate::target::{Durability, Queue, QueueSpec, Target};
 
 mod backlog;
 mod latency;
@@ -160,6 +160,78 @@ impl Context {
     }
 }
 
+/// One case of a workload: what its row is named after.
+#[derive(Debug, Clone, Copy)]
+enum Case {
+    Publish { publishers: usize, size: usize },
+    EndToEnd { size: usize },
+    LatencyHalfMax { size: usize },
+    LatencyCommon { size: usize },
+    FanOut { size: usize },
+    Backlog,
+    Startup,
+}
+
+impl Case {
+    /// The cases of workload `w` under settings `s`, in the order [`run`] runs them.
+    fn all(w: Workload, s: &Settings) -> Vec<Self> {
+        match w {
+            Workload::Publish => s
+                .sizes
+                .iter()
+                .flat_map(|&size| {
+                    s.publisher_counts
+                        .iter()
+                        .map(move |&publishers| Self::Publish { publishers, size })
+                })
+                .collect(),
+            Workload::EndToEnd => s
+                .sizes
+                .iter()
+                .map(|&size| Self::EndToEnd { size })
+                .collect(),
+            Workload::Latency => s
+                .sizes
+                .iter()
+                .flat_map(|&size| [Self::LatencyHalfMax { size }, Self::LatencyCommon { size }])
+                .collect(),
+            Workload::FanOut => vec![Self::FanOut {
+                size: fan_out_size(s),
+            }],
+            Workload::Backlog => vec![Self::Backlog],
+            Workload::Startup => vec![Self::Startup],
+        }
+    }
+
+    /// The case column of its row.
+    fn name(self, s: &Settings) -> String {
+        match self {
+            Self::Publish { publishers, size } => format!("{publishers} pub, {size} B"),
+            Self::EndToEnd { size } => {
+                format!("{} pub, {} sub, {size} B", s.e2e_publishers, s.consumers)
+            }
+            Self::LatencyHalfMax { size } => format!("50% of max, {size} B"),
+            Self::LatencyCommon { size } => {
+                format!("{} msg/s, {size} B", report::fmt(s.latency_rate))
+            }
+            Self::FanOut { size } => {
+                format!("{} pub, {} subs, {size} B", s.e2e_publishers, s.fanout)
+            }
+            Self::Backlog => format!(
+                "{} msgs, {} B",
+                report::fmt(s.backlog as f64),
+                s.backlog_size
+            ),
+            Self::Startup => format!("{} msgs on disk", report::fmt(s.backlog as f64)),
+        }
+    }
+}
+
+/// The message size of the fan-out workload: the largest of the run.
+fn fan_out_size(s: &Settings) -> usize {
+    *s.sizes.iter().max().unwrap_or(&1024)
+}
+
 /// Runs workload `w` on `target`: one row per case.
 pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row> {
     let s = ctx.settings.clone();
@@ -168,7 +240,7 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
         Workload::Publish => {
             for &size in &s.sizes {
                 for &publishers in &s.publisher_counts {
-                    let case = format!("{publishers} pub, {size} B");
+                    let case = Case::Publish { publishers, size }.name(&s);
                     let r = throughput::publish(target, &s, publishers, size).await;
                     rows.push(row(w, case, target, r));
                 }
@@ -176,7 +248,7 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
         }
         Workload::EndToEnd => {
             for &size in &s.sizes {
-                let case = format!("{} pub, {} sub, {size} B", s.e2e_publishers, s.consumers);
+                let case = Case::EndToEnd { size }.name(&s);
                 let r = throughput::end_to_end(target, &s, size, 1, s.consumers).await;
                 if let Some(rate) = r
                     .as_ref()
@@ -201,7 +273,7 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
                                 .ok_or_else(|| anyhow::anyhow!("no end-to-end rate"))
                         }),
                 };
-                let case = format!("50% of max, {size} B");
+                let case = Case::LatencyHalfMax { size }.name(&s);
                 let r = match max {
                     Ok(max) if max > 0.0 => latency::run(target, &s, size, max * 0.5).await,
                     Ok(_) => Err(anyhow::anyhow!("the end-to-end maximum was 0")),
@@ -209,14 +281,14 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
                 };
                 rows.push(row(w, case, target, r));
                 // The same rate for every target: the like-for-like comparison.
-                let case = format!("{} msg/s, {size} B", report::fmt(s.latency_rate));
+                let case = Case::LatencyCommon { size }.name(&s);
                 let r = latency::run(target, &s, size, s.latency_rate).await;
                 rows.push(row(w, case, target, r));
             }
         }
         Workload::FanOut => {
-            let size = *s.sizes.last().unwrap_or(&1024);
-            let case = format!("{} pub, {} subs, {size} B", s.e2e_publishers, s.fanout);
+            let size = fan_out_size(&s);
+            let case = Case::FanOut { size }.name(&s);
             let r = throughput::end_to_end(target, &s, size, s.fanout, 1).await;
             rows.push(row(w, case, target, r));
         }
@@ -228,14 +300,14 @@ pub async fn run(w: Workload, target: &dyn Target, ctx: &mut Context) -> Vec<Row
             let (backlog, startup) = backlog::run(target, &s, restart).await;
             rows.push(row(
                 Workload::Backlog,
-                format!("{} msgs, {} B", s.backlog, s.backlog_size),
+                Case::Backlog.name(&s),
                 target,
                 backlog,
             ));
             if let Some(startup) = startup {
                 rows.push(row(
                     Workload::Startup,
-                    format!("{} msgs on disk", s.backlog),
+                    Case::Startup.name(&s),
                     target,
                     startup,
                 ));
@@ -255,21 +327,43 @@ pub async fn run_with_timeout(
     ctx: &mut Context,
     timeout: Duration,
 ) -> Result<Vec<Row>, Vec<Row>> {
+    let settings = ctx.settings.clone();
     match tokio::time::timeout(timeout, run(w, target, ctx)).await {
         Ok(rows) => Ok(rows),
-        Err(_) => Err(vec![Row {
-            workload: w.id().to_owned(),
-            case: "-".to_owned(),
-            target: target.name(),
-            durability: target.durability(),
-            figures: Vec::new(),
-            error: Some(format!(
+        Err(_) => Err(failed_rows(
+            w,
+            &settings,
+            &target.name(),
+            target.durability(),
+            &format!(
                 "gave up after {timeout:?} (--step-timeout); the target's later steps in this \
                  round were skipped"
-            )),
-            failed_rounds: Vec::new(),
-        }]),
+            ),
+        )),
     }
+}
+
+/// The rows of a step that did not run or did not finish: one per case it would have
+/// produced, each saying `why`, so that a table shows the failure in the case's place.
+pub fn failed_rows(
+    w: Workload,
+    s: &Settings,
+    target: &str,
+    durability: Durability,
+    why: &str,
+) -> Vec<Row> {
+    Case::all(w, s)
+        .into_iter()
+        .map(|case| Row {
+            workload: w.id().to_owned(),
+            case: case.name(s),
+            target: target.to_owned(),
+            durability,
+            figures: Vec::new(),
+            error: Some(why.to_owned()),
+            failed_rounds: Vec::new(),
+        })
+        .collect()
 }
 
 /// A row from a case's outcome.
@@ -547,6 +641,17 @@ mod tests {
                 r.error
             );
             assert!(!r.figures.is_empty(), "{} has no figures", r.workload);
+        }
+        // A failed step's rows take the places of the cases it would have produced.
+        let s = ctx.settings.clone();
+        for w in Workload::ALL {
+            let expected: Vec<String> = Case::all(w, &s).iter().map(|c| c.name(&s)).collect();
+            let got: Vec<&String> = rows
+                .iter()
+                .filter(|r| r.workload == w.id())
+                .map(|r| &r.case)
+                .collect();
+            assert_eq!(got, expected.iter().collect::<Vec<_>>(), "{}", w.id());
         }
         let ids: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
         assert_eq!(
