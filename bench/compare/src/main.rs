@@ -63,6 +63,11 @@ struct Args {
     /// each target's own 50% of maximum [default: 5000, 1000 with --short]
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// Runs nothing: folds these results.json files of earlier runs into one report (a later
+    /// file's rows replace an earlier one's of the same workload and target, e.g. a rerun of
+    /// the backlog workloads) and writes it to --out
+    #[arg(long, num_args = 1..)]
+    merge: Vec<PathBuf>,
     /// Where results.json, results.md and chart.png go
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -138,9 +143,34 @@ fn default_converge_bin() -> anyhow::Result<PathBuf> {
         })
 }
 
+/// Prints the tables and writes `results.md`, `results.json` and `chart.png` into `out`.
+fn publish(results: &Results, out: &Path) -> anyhow::Result<()> {
+    println!("{}", report::markdown(results));
+    report::write(results, out)
+        .with_context(|| format!("writing results to {}", out.display()))?;
+    let chart = out.join("chart.png");
+    match chart::render(results, &chart) {
+        Ok(()) => eprintln!(
+            "wrote {}, {} and {}",
+            out.join("results.md").display(),
+            out.join("results.json").display(),
+            chart.display()
+        ),
+        Err(e) => eprintln!("no chart: {e:#}"),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.merge.is_empty() {
+        let mut runs = Vec::new();
+        for path in &args.merge {
+            runs.push(report::read(path).with_context(|| format!("reading {}", path.display()))?);
+        }
+        return publish(&report::merge(runs), &args.out);
+    }
     let names: Vec<String> = if args.targets.is_empty() {
         targets::ALL.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -201,8 +231,12 @@ async fn main() -> anyhow::Result<()> {
     let rounds = usize::from(args.rounds);
     let backlog_rounds = usize::from(args.backlog_rounds);
     let heavy = |w: &Workload| matches!(w, Workload::Backlog | Workload::Startup);
-    let steps_per_round =
-        |round: usize| workloads.iter().filter(|w| round <= backlog_rounds || !heavy(w)).count();
+    let steps_per_round = |round: usize| {
+        workloads
+            .iter()
+            .filter(|w| round <= backlog_rounds || !heavy(w))
+            .count()
+    };
     let steps: usize = (1..=rounds).map(|r| names.len() * steps_per_round(r)).sum();
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
@@ -290,19 +324,7 @@ async fn main() -> anyhow::Result<()> {
         rows: report::aggregate(rows),
     };
 
-    println!("{}", report::markdown(&results));
-    report::write(&results, &args.out)
-        .with_context(|| format!("writing results to {}", args.out.display()))?;
-    let chart = args.out.join("chart.png");
-    match chart::render(&results, &chart) {
-        Ok(()) => eprintln!(
-            "wrote {}, {} and {}",
-            args.out.join("results.md").display(),
-            args.out.join("results.json").display(),
-            chart.display()
-        ),
-        Err(e) => eprintln!("no chart: {e:#}"),
-    }
+    publish(&results, &args.out)?;
     let failed: Vec<String> = results
         .rows
         .iter()

@@ -1,12 +1,12 @@
 //! Results of a run: what every (target, workload) step measured, as tables (stdout and
 //! `results.md`) and as JSON (`results.json`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::target::Durability;
 
 /// Everything one invocation measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     /// Whether it ran with `--short` (tiny windows: figures are indicative only).
     pub short: bool,
@@ -19,7 +19,7 @@ pub struct Results {
 }
 
 /// A target as the tables describe it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
     /// Target name (`converge-fsync`, `nats`, ...).
     pub name: String,
@@ -28,7 +28,7 @@ pub struct TargetInfo {
 }
 
 /// What one workload case measured on one target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// Workload id: `publish`, `end-to-end`, `latency`, `fan-out`, `backlog`, `startup`.
     pub workload: String,
@@ -44,12 +44,12 @@ pub struct Row {
     pub error: Option<String>,
     /// With `--rounds` above 1: why the rounds that failed did, when others succeeded (the
     /// figures are then those of the successful rounds).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_rounds: Vec<String>,
 }
 
 /// One measured number.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     /// Column name, e.g. `msg/s`, `p99 ms`.
     pub name: String,
@@ -58,12 +58,12 @@ pub struct Figure {
     /// Whether a larger value is better (throughput) or worse (latency, time, memory).
     pub higher_is_better: bool,
     /// With `--rounds` above 1: the range over the rounds (`value` is then their median).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<Spread>,
 }
 
 /// How a figure varied over the rounds of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Spread {
     /// The lowest value of any round.
     pub min: f64,
@@ -213,7 +213,7 @@ fn comparisons(peer: &str, durability: Durability) -> Vec<&'static str> {
 }
 
 /// converge / peer for one figure of one case.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub workload: String,
     pub case: String,
@@ -520,6 +520,42 @@ struct Json<'a> {
     #[serde(flatten)]
     results: &'a Results,
     ratios: Vec<Ratio>,
+}
+
+/// Reads the results a run wrote to `results.json` (its ratios are computed again).
+pub fn read(path: &std::path::Path) -> anyhow::Result<Results> {
+    let bytes = std::fs::read(path)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Folds the results of several runs into one, in order: a later run's rows replace an
+/// earlier run's rows of the same workload and target (a rerun of some workloads on some
+/// targets), the other rows are kept, and targets are listed in order of first appearance.
+pub fn merge(runs: Vec<Results>) -> Results {
+    let mut merged = Results {
+        short: false,
+        rounds: 1,
+        targets: Vec::new(),
+        rows: Vec::new(),
+    };
+    for run in runs {
+        merged.short |= run.short;
+        merged.rounds = merged.rounds.max(run.rounds);
+        for t in run.targets {
+            if !merged.targets.iter().any(|m| m.name == t.name) {
+                merged.targets.push(t);
+            }
+        }
+        let replaced = |r: &Row| {
+            run.rows
+                .iter()
+                .any(|n| n.workload == r.workload && n.target == r.target)
+        };
+        let mut rows: Vec<Row> = merged.rows.into_iter().filter(|r| !replaced(r)).collect();
+        rows.extend(run.rows);
+        merged.rows = rows;
+    }
+    merged
 }
 
 /// Writes `results.json` and `results.md` into `dir`.
@@ -837,6 +873,53 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains(&"x".repeat(160)), "{md}");
+    }
+
+    /// What a run writes reads back the same, and a later run replaces only the rows of the
+    /// workloads and targets it ran.
+    #[test]
+    fn results_round_trip_and_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Results {
+            short: false,
+            rounds: 3,
+            targets: vec![],
+            rows: vec![
+                row("converge-fsync", Durability::AfterFsync, 1000.0),
+                row("nats", Durability::AfterOsBuffer, 2000.0),
+            ],
+        };
+        first.rows[0].figures[0].spread = Some(Spread {
+            min: 900.0,
+            max: 1100.0,
+            rounds: 3,
+        });
+        write(&first, dir.path()).unwrap();
+        let back = read(&dir.path().join("results.json")).unwrap();
+        assert_eq!(back.rounds, 3);
+        assert_eq!(back.rows.len(), 2);
+        assert_eq!(
+            back.rows[0].figures[0].spread,
+            first.rows[0].figures[0].spread
+        );
+        let mut rerun = row("nats", Durability::AfterOsBuffer, 3000.0);
+        rerun.case = "another case".into();
+        let second = Results {
+            short: false,
+            rounds: 1,
+            targets: vec![],
+            rows: vec![rerun],
+        };
+        let merged = merge(vec![back, second]);
+        let nats: Vec<f64> = merged
+            .rows
+            .iter()
+            .filter(|r| r.target == "nats")
+            .filter_map(|r| r.figure("msg/s"))
+            .collect();
+        assert_eq!(nats, [3000.0]);
+        assert_eq!(merged.rows.len(), 2);
+        assert_eq!(merged.rounds, 3);
     }
 
     #[test]

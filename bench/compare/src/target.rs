@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 /// When a target answers a publish, relative to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// The publish is confirmed after the data reached stable storage (fsync / fdatasync).
