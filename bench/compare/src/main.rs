@@ -146,8 +146,7 @@ fn default_converge_bin() -> anyhow::Result<PathBuf> {
 /// Prints the tables and writes `results.md`, `results.json` and `chart.png` into `out`.
 fn publish(results: &Results, out: &Path) -> anyhow::Result<()> {
     println!("{}", report::markdown(results));
-    report::write(results, out)
-        .with_context(|| format!("writing results to {}", out.display()))?;
+    report::write(results, out).with_context(|| format!("writing results to {}", out.display()))?;
     let chart = out.join("chart.png");
     match chart::render(results, &chart) {
         Ok(()) => eprintln!(

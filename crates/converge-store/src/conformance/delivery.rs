@@ -381,6 +381,47 @@ pub async fn pull_options_bound_bytes_and_set_the_lease(h: &mut Harness) {
     );
 }
 
+/// One call may name a message twice, with the ack id of an expired lease and the one of its
+/// redelivery, in either order: only the current one applies, and the message is gone.
+pub async fn an_ack_call_naming_a_message_twice_applies_the_current_lease(h: &mut Harness) {
+    use converge_core::AckOutcome;
+    let s = &*h.store;
+    s.create_topic(topic("top1")).await.unwrap();
+    let mut sub = subscription("sub1", "top1");
+    sub.exactly_once = true;
+    s.create_subscription(sub).await.unwrap();
+    s.publish(&topic_name("top1"), vec![msg("a"), msg("b")])
+        .await
+        .unwrap();
+    let first = pull_now(s, "sub1").await;
+    h.clock.advance(Duration::from_secs(11));
+    let again = pull_now(s, "sub1").await;
+    assert_eq!(data(&first), ["a", "b"]);
+    assert_eq!(
+        data(&again),
+        ["a", "b"],
+        "redelivered after the lease expired"
+    );
+    let ids = [
+        first[0].ack_id.clone(),
+        again[0].ack_id.clone(),
+        again[1].ack_id.clone(),
+        first[1].ack_id.clone(),
+    ];
+    let outcomes = s.acknowledge(&sub_name("sub1"), &ids).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            AckOutcome::Invalid,
+            AckOutcome::Applied,
+            AckOutcome::Applied,
+            AckOutcome::Invalid
+        ]
+    );
+    h.clock.advance(Duration::from_secs(11));
+    assert!(pull_now(s, "sub1").await.is_empty(), "both acks held");
+}
+
 /// With exactly-once delivery, acks and deadline changes of expired, repeated or garbage ack ids
 /// are reported `Invalid`; without it, a late ack still lands when nobody took the message since.
 pub async fn exactly_once_reports_expired_and_stale_ack_ids(h: &mut Harness) {

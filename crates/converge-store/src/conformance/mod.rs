@@ -148,6 +148,7 @@ macro_rules! conformance_tests {
                 delivery::idempotency_keys_store_a_message_once,
                 delivery::pull_options_bound_bytes_and_set_the_lease,
                 delivery::exactly_once_reports_expired_and_stale_ack_ids,
+                delivery::an_ack_call_naming_a_message_twice_applies_the_current_lease,
                 delivery::long_poll_wakes_on_publish,
                 delivery::an_ack_wakes_a_long_poll_waiting_for_the_next_message_of_its_key,
                 resources::retention_expiration_and_detach,
