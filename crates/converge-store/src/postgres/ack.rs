@@ -77,6 +77,21 @@ const MATCHING: &str = concat!(
     ")"
 );
 
+/// `sql`, a statement on [`MATCHING`], with its five parameters bound for one pass.
+fn bind_pass<'q>(
+    sql: &'q str,
+    sub: &SubscriptionInfo,
+    pass: &'q Pass,
+    now: SystemTime,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(sub.id)
+        .bind(&pass.ids)
+        .bind(&pass.leases)
+        .bind(sub.settings.exactly_once)
+        .bind(to_micros(now))
+}
+
 /// Splits (message, lease) pairs into passes with unique messages: one pass unless a message
 /// was acknowledged twice in one call (with two ack ids, at most one of which is current);
 /// then its later pairs go to later passes. The same pair twice is kept once.
@@ -132,21 +147,16 @@ impl PostgresStore {
         let Some(AckRequest { sub, now, passes }) = self.ack_request(name, ack_ids).await? else {
             return Ok(vec![AckOutcome::Invalid; ack_ids.len()]);
         };
+        let delete = format!(
+            "DELETE FROM deliveries d WHERE {MATCHING} RETURNING d.msg_id, d.lease, d.ordering_key"
+        );
         let mut rows = Vec::new();
         for pass in &passes {
             rows.extend(
-                sqlx::query(&format!(
-                    "DELETE FROM deliveries d WHERE {MATCHING}
-                     RETURNING d.msg_id, d.lease, d.ordering_key"
-                ))
-                .bind(sub.id)
-                .bind(&pass.ids)
-                .bind(&pass.leases)
-                .bind(sub.settings.exactly_once)
-                .bind(to_micros(now))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?,
+                bind_pass(&delete, &sub, pass, now)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)?,
             );
         }
         let mut applied = HashSet::with_capacity(rows.len());
@@ -177,22 +187,18 @@ impl PostgresStore {
             return Ok(vec![AckOutcome::Invalid; ack_ids.len()]);
         };
         if !deadline.is_zero() {
+            let update = format!(
+                "UPDATE deliveries d SET due_at = {} + $6::int8 * interval '1 microsecond'
+                  WHERE {MATCHING} RETURNING d.msg_id, d.lease",
+                ts_param!("$5")
+            );
             let mut applied = AckSet::new();
             for pass in &passes {
-                let rows = sqlx::query(&format!(
-                    "UPDATE deliveries d SET due_at = {} + $6::int8 * interval '1 microsecond'
-                      WHERE {MATCHING} RETURNING d.msg_id, d.lease",
-                    ts_param!("$5")
-                ))
-                .bind(sub.id)
-                .bind(&pass.ids)
-                .bind(&pass.leases)
-                .bind(sub.settings.exactly_once)
-                .bind(to_micros(now))
-                .bind(deadline.as_micros() as i64)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
+                let rows = bind_pass(&update, &sub, pass, now)
+                    .bind(deadline.as_micros() as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)?;
                 for r in &rows {
                     applied.insert((col(r, "msg_id")?, col(r, "lease")?));
                 }
@@ -202,23 +208,19 @@ impl PostgresStore {
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let result: Result<(AckSet, Vec<i64>)> = async {
+            let select = format!(
+                "SELECT d.sub_id, d.msg_id, d.lease, d.attempts, {} AS first_attempt
+                   FROM deliveries d WHERE {MATCHING}
+                    FOR UPDATE OF d",
+                ts_column!("d.first_attempt")
+            );
             let mut rows = Vec::new();
             for pass in &passes {
                 rows.extend(
-                    sqlx::query(&format!(
-                        "SELECT d.sub_id, d.msg_id, d.lease, d.attempts, {} AS first_attempt
-                           FROM deliveries d WHERE {MATCHING}
-                            FOR UPDATE OF d",
-                        ts_column!("d.first_attempt")
-                    ))
-                    .bind(sub.id)
-                    .bind(&pass.ids)
-                    .bind(&pass.leases)
-                    .bind(sub.settings.exactly_once)
-                    .bind(to_micros(now))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_error)?,
+                    bind_pass(&select, &sub, pass, now)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?,
                 );
             }
             let mut applied = HashSet::with_capacity(rows.len());
