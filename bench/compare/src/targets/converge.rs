@@ -84,12 +84,7 @@ pub async fn start(flavour: Flavour, opts: &TargetOptions) -> anyhow::Result<Box
     let mut schema = None;
     match flavour {
         Flavour::Fsync | Flavour::OsBuffer => {
-            std::fs::create_dir_all(&opts.work_dir)
-                .with_context(|| format!("creating {}", opts.work_dir.display()))?;
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("{name}-"))
-                .tempdir_in(&opts.work_dir)
-                .context("making the data directory")?;
+            let dir = opts.data_dir(name)?;
             args.push("--data-dir".into());
             args.push(dir.path().display().to_string());
             args.push("--durability".into());

@@ -64,6 +64,18 @@ impl TargetOptions {
     pub fn spawns(&self, peer: Peer) -> bool {
         self.spawn.contains(&peer)
     }
+
+    /// A fresh directory `<prefix>-XXXX` under `work_dir` (created if missing) for the data of
+    /// a server the tool starts; removed when dropped.
+    pub fn data_dir(&self, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(&self.work_dir)
+            .with_context(|| format!("creating {}", self.work_dir.display()))?;
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(&self.work_dir)
+            .with_context(|| format!("making a {prefix} data directory"))
+    }
 }
 
 /// Starts or connects to target `name` (one of [`ALL`]).

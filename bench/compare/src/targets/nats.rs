@@ -101,12 +101,7 @@ impl NatsServer {
             .map(|dir| dir.join("nats-server"))
             .find(|path| path.is_file())
             .context("nats-server is not installed (looked in PATH and /usr/sbin)")?;
-        std::fs::create_dir_all(&opts.work_dir)
-            .with_context(|| format!("creating {}", opts.work_dir.display()))?;
-        let store = tempfile::Builder::new()
-            .prefix("nats-")
-            .tempdir_in(&opts.work_dir)
-            .context("making the store directory")?;
+        let store = opts.data_dir("nats")?;
         let port = free_port()?;
         let monitor = free_port()?;
         let args = vec![

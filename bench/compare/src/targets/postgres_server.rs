@@ -37,12 +37,7 @@ impl PgServer {
     /// `initdb`, start, and wait until it accepts a connection.
     pub async fn start(opts: &TargetOptions) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
-        std::fs::create_dir_all(&opts.work_dir)
-            .with_context(|| format!("creating {}", opts.work_dir.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("postgres-")
-            .tempdir_in(&opts.work_dir)
-            .context("making the cluster directory")?;
+        let dir = opts.data_dir("postgres")?;
         let user = if rustix::process::geteuid().is_root() {
             let (uid, gid) = system_user("postgres")?;
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))

@@ -99,12 +99,7 @@ impl RabbitServer {
             "RabbitMQ is not installed at {}",
             program.display()
         );
-        std::fs::create_dir_all(&opts.work_dir)
-            .with_context(|| format!("creating {}", opts.work_dir.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("rabbitmq-")
-            .tempdir_in(&opts.work_dir)
-            .context("making the data directory")?;
+        let dir = opts.data_dir("rabbitmq")?;
         let (port, dist_port) = (free_port()?, free_port()?);
         let path = |name: &str| dir.path().join(name).display().to_string();
         std::fs::write(path("rabbitmq-env.conf"), "")?;
